@@ -1,0 +1,36 @@
+"""dpx: interface numerical simulations with deep learning, through plugins.
+
+Importing ``dpx`` stays light (pluggy only): the user API below is imported on
+first use, so that plugin entry-point modules can ``import dpx`` for
+``dpx.hookimpl`` and ``dpx.Component`` at no cost.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dpx.hookspecs import hookimpl
+from dpx.plugins import Component
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Environment": "dpx.core.environment",
+    "Field": "dpx.core.environment",
+    "FieldError": "dpx.core.environment",
+}
+
+__all__ = ["Component", "hookimpl", "__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from dpx.core.environment import Environment, Field, FieldError
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dpx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

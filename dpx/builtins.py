@@ -1,0 +1,13 @@
+"""The providers that ship with the core, registered like any plugin's."""
+
+from __future__ import annotations
+
+from dpx.hookspecs import hookimpl
+from dpx.plugins import Component
+
+
+@hookimpl
+def dpx_runners():
+    return {
+        "inprocess": Component("dpx.core.runners:InProcessRunner", "environments in the pipeline's own process"),
+    }

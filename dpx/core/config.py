@@ -1,0 +1,194 @@
+"""Configuration objects of the pipelines, with DeepPhysX's parameter names.
+
+Configs are plain dataclasses checked when built: a wrong type or value raises
+a :class:`ConfigError` naming the config, the parameter and the value. The same
+classes read the sections of a TOML file (:func:`from_mapping`), where an
+unknown key is an error with the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DATABASE_MODES = ("training", "validation", "prediction")
+#: Stream number of each mode in the per-sample seeding (see dpx.core.producer).
+MODE_STREAMS = {mode: index for index, mode in enumerate(DATABASE_MODES)}
+
+
+class ConfigError(ValueError):
+    """A configuration parameter has a wrong type or value."""
+
+
+def _check_types(config: Any) -> None:
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        expected = hints[f.name]
+        if not _matches(value, expected):
+            raise ConfigError(
+                f"{type(config).__name__}: {f.name}={value!r} is a {type(value).__name__}, "
+                f"expected {_describe_type(expected)}"
+            )
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    origin = typing.get_origin(expected)
+    if expected is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(expected))
+    if origin is Literal:
+        return value in typing.get_args(expected)
+    if expected is type(None):
+        return value is None
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is type:
+        return isinstance(value, type)
+    if origin in (dict, Mapping):
+        return isinstance(value, Mapping)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, expected)
+
+
+def _describe_type(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(option) for option in typing.get_args(expected))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(expected))
+    if expected is type(None):
+        return "None"
+    if origin is type:
+        return "a class"
+    return getattr(origin or expected, "__name__", str(expected))
+
+
+def _require(config: Any, condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{type(config).__name__}: {name}={getattr(config, name)!r}: {message}")
+
+
+@dataclass
+class EnvironmentConfig:
+    """How to build and run the simulations.
+
+    ``environment_class`` is an :class:`~dpx.Environment` subclass or a
+    registered name such as ``"toy.spring"``; ``env_kwargs`` go to its
+    constructor. ``seed`` is the root of the per-sample seeds (random when
+    ``None``, and recorded in the session either way). ``non_finite`` says what
+    to do with a sample holding NaN or inf: ``"error"`` stops the run, ``"drop"``
+    steps again and counts the dropped sample.
+    """
+
+    environment_class: type | str
+    runner: str = "inprocess"
+    workers: int = 1
+    simulations_per_step: int = 1
+    max_wrong_samples_per_step: int = 10
+    load_samples: bool = False
+    only_first_epoch: bool = True
+    always_produce: bool = False
+    visualizer: str | None = None
+    record_wrong_samples: bool = False
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    non_finite: Literal["error", "drop"] = "error"
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self, self.workers >= 1, "workers", "must be at least 1")
+        _require(self, self.simulations_per_step >= 1, "simulations_per_step", "must be at least 1")
+        _require(self, self.max_wrong_samples_per_step >= 0, "max_wrong_samples_per_step", "must be 0 or more")
+        _require(self, self.seed is None or self.seed >= 0, "seed", "must be a non-negative integer")
+        if isinstance(self.environment_class, type):
+            from dpx.core.environment import Environment
+
+            _require(
+                self,
+                issubclass(self.environment_class, Environment),
+                "environment_class",
+                "must be a subclass of dpx.Environment or a registered name such as 'toy.mean'",
+            )
+        self.env_kwargs = dict(self.env_kwargs)
+
+    def resolve_environment(self) -> type:
+        """The environment class, imported through the plugins when given by name."""
+        if isinstance(self.environment_class, type):
+            return self.environment_class
+        from dpx.core.environment import Environment
+        from dpx.plugins import PluginError, get_plugins
+
+        cls = get_plugins().load("environments", self.environment_class)
+        if not (isinstance(cls, type) and issubclass(cls, Environment)):
+            raise PluginError(f"environment {self.environment_class!r} resolves to {cls!r}, not a dpx.Environment subclass")
+        return cls
+
+    @property
+    def environment_name(self) -> str:
+        cls = self.environment_class
+        return cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+
+
+@dataclass
+class DatabaseConfig:
+    """Where samples are stored and how they are read back.
+
+    ``max_file_size`` bounds each partition file, in gigabytes as in DeepPhysX.
+    ``existing_dir`` opens the dataset of another session (a session folder or
+    its ``dataset/`` folder) to extend it or train on it.
+    """
+
+    existing_dir: str | None = None
+    mode: Literal["training", "validation", "prediction"] | None = None
+    max_file_size: float = 0.25
+    shuffle: bool = True
+    normalize: bool = False
+    recompute_normalization: bool = False
+    storage: str = "memmap"
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self, self.max_file_size > 0, "max_file_size", "must be positive (gigabytes)")
+
+    @property
+    def max_file_bytes(self) -> int:
+        return max(1, int(self.max_file_size * 1e9))
+
+
+def from_mapping(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build config ``cls`` from a TOML section, naming ``where`` in errors."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a table of parameters, got {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: unknown parameter {key!r}{hint} Valid: {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def as_record(config: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a config, classes written as import paths."""
+    record = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, type):
+            value = f"{value.__module__}:{value.__qualname__}"
+        record[f.name] = value
+    return record

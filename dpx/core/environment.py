@@ -1,0 +1,251 @@
+"""The Environment API: what a simulator implements to produce samples for dpx.
+
+A simulator subclasses :class:`Environment`, takes its parameters as keyword
+arguments of ``__init__`` (they come from ``EnvironmentConfig(env_kwargs=...)``)
+and overrides the lifecycle methods it needs. The only one it must write is
+:meth:`Environment.step`, which computes one sample and hands its arrays to dpx
+with :meth:`Environment.set_training_data`::
+
+    class Mean(dpx.Environment):
+        def __init__(self, n_points: int = 30):
+            self.n_points = n_points
+
+        def step(self):
+            cloud = self.rng.random((self.n_points, 3), dtype=np.float32)
+            self.set_training_data(input=cloud, ground_truth=cloud.mean(axis=0))
+
+The names follow DeepPhysX's ``BaseEnvironment``. Two things differ: dpx seeds
+:attr:`Environment.rng` for each sample (so a dataset does not depend on how
+many workers made it), and fields get their shape and dtype from the first
+sample unless declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+TRAINING_FIELDS = ("input", "ground_truth")
+
+
+class FieldError(ValueError):
+    """A sample's field is missing, unknown, or has the wrong shape or dtype."""
+
+
+@dataclass
+class Field:
+    """A named array every sample carries.
+
+    ``dtype`` and ``shape`` may be left ``None``: the first sample fixes them,
+    and every later sample must agree.
+    """
+
+    name: str
+    dtype: np.dtype | None = None
+    shape: tuple[int, ...] | None = None
+    training: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise FieldError(f"field name {self.name!r} must be a Python identifier")
+        if self.dtype is not None and self.dtype is not np.ndarray:
+            try:
+                self.dtype = np.dtype(self.dtype)
+            except TypeError as exc:
+                raise FieldError(f"field {self.name!r}: {self.dtype!r} is not a NumPy dtype") from exc
+            if self.dtype.hasobject:
+                raise FieldError(f"field {self.name!r}: object arrays cannot be stored; use a numeric dtype")
+        else:
+            self.dtype = None
+        if self.shape is not None:
+            self.shape = tuple(int(n) for n in self.shape)
+
+    @classmethod
+    def parse(cls, spec: Any, training: bool) -> Field:
+        """Accept ``"name"``, ``("name", dtype)``, ``("name", dtype, shape)`` or a Field."""
+        if isinstance(spec, Field):
+            return cls(spec.name, spec.dtype, spec.shape, training)
+        if isinstance(spec, str):
+            return cls(spec, training=training)
+        if isinstance(spec, tuple) and 1 <= len(spec) <= 3:
+            return cls(*spec, training=training)
+        raise FieldError(f"cannot read a field from {spec!r}; use 'name', ('name', dtype) or ('name', dtype, shape)")
+
+    def learn(self, value: np.ndarray) -> None:
+        """Fix the dtype and shape a field was declared without, from a first value."""
+        if self.dtype is None:
+            if value.dtype.hasobject:
+                raise FieldError(f"field {self.name!r}: object arrays cannot be stored; use a numeric dtype")
+            self.dtype = value.dtype
+        if self.shape is None:
+            self.shape = value.shape
+
+    def describe(self) -> dict[str, Any]:
+        return {"dtype": str(self.dtype), "shape": list(self.shape or ()), "training": self.training}
+
+
+class Environment:
+    """Base class of every simulator dpx can run.
+
+    Attributes set by dpx before :meth:`create`:
+
+    ``instance_id``
+        Index of this environment among those of the run (0-based).
+    ``instance_nb``
+        Number of environments in the run.
+    ``rng``
+        A ``numpy.random.Generator``; dpx re-seeds it before each sample from
+        the run's root seed and the sample's id. Draw every random number of a
+        sample from it and the dataset is reproducible.
+    """
+
+    instance_id: int = 0
+    instance_nb: int = 1
+    rng: np.random.Generator
+
+    # -- lifecycle, overridden by simulators --------------------------------------
+
+    def create(self) -> None:
+        """Build the simulation (scene, mesh, solver). Called once, in the process
+        that will step it."""
+
+    def init(self) -> None:
+        """Initialise the simulation once it is created."""
+
+    def init_database(self) -> None:
+        """Declare fields with :meth:`define_training_fields` and
+        :meth:`define_additional_fields`. The default keeps ``input`` and
+        ``ground_truth`` with shapes and dtypes learned from the first sample."""
+
+    def init_visualization(self) -> None:
+        """Describe the objects a viewer should show (only called when a viewer is configured)."""
+
+    def step(self) -> None:
+        """Advance the simulation and set the data of one sample.
+
+        May be a coroutine function (``async def step``), as in DeepPhysX.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement step()")
+
+    def check_sample(self) -> bool:
+        """Return False to refuse the sample just produced; dpx steps again."""
+        return True
+
+    def apply_prediction(self, prediction: Mapping[str, np.ndarray]) -> None:
+        """Use the network's prediction (``prediction["prediction"]``) in the simulation."""
+
+    def close(self) -> None:
+        """Release what :meth:`create` acquired."""
+
+    # -- data ----------------------------------------------------------------------
+
+    def define_training_fields(self, *fields: Any) -> None:
+        """Declare the fields the network trains on, replacing ``input``/``ground_truth``.
+
+        Each field is ``"name"``, ``("name", dtype)`` or ``("name", dtype, shape)``.
+        """
+        parsed = [Field.parse(spec, training=True) for spec in _flatten(fields)]
+        self._fields = {name: f for name, f in self.fields.items() if not f.training}
+        self._add_fields(parsed)
+
+    def define_additional_fields(self, *fields: Any) -> None:
+        """Declare extra fields stored with each sample but not fed to the network."""
+        self._add_fields(Field.parse(spec, training=False) for spec in _flatten(fields))
+
+    def set_training_data(self, **arrays: Any) -> None:
+        """Hand the arrays of the current sample's training fields to dpx (no copy is made)."""
+        self._set(arrays, training=True)
+
+    def set_additional_data(self, **arrays: Any) -> None:
+        """Hand the arrays of the current sample's additional fields to dpx."""
+        self._set(arrays, training=False)
+
+    @property
+    def fields(self) -> dict[str, Field]:
+        """Every declared field by name, training fields first."""
+        try:
+            return self._fields
+        except AttributeError:
+            self._fields = {name: Field(name) for name in TRAINING_FIELDS}
+            return self._fields
+
+    @property
+    def sample(self) -> dict[str, np.ndarray]:
+        """The arrays set for the current sample."""
+        try:
+            return self._sample
+        except AttributeError:
+            self._sample: dict[str, np.ndarray] = {}
+            return self._sample
+
+    # -- requests --------------------------------------------------------------------
+
+    def get_prediction(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Ask the network for a prediction on ``inputs`` (e.g. ``input=array``).
+
+        Only available when the pipeline holds a network (training or
+        prediction); the request travels to the process holding it and back.
+        """
+        predictor = getattr(self, "_predictor", None)
+        if predictor is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.get_prediction() needs a network: "
+                "it is available in the Training and Prediction pipelines, not in DataGeneration"
+            )
+        return predictor(inputs)
+
+    def update_visualisation(self) -> None:
+        """Send the visual objects' new state to the viewer, if one is attached."""
+        viewer = getattr(self, "_viewer", None)
+        if viewer is not None:
+            viewer(self)
+
+    # -- plumbing used by dpx -----------------------------------------------------------
+
+    def _add_fields(self, new: Iterable[Field]) -> None:
+        fields = self.fields
+        for f in new:
+            if f.name in fields and fields[f.name].training != f.training:
+                raise FieldError(f"field {f.name!r} is declared both as a training and an additional field")
+            fields[f.name] = f
+
+    def _set(self, arrays: dict[str, Any], training: bool) -> None:
+        fields = self.fields
+        sample = self.sample
+        for name, value in arrays.items():
+            f = fields.get(name)
+            if f is None or f.training != training:
+                raise FieldError(self._unknown_field_message(name, training))
+            sample[name] = value
+
+    def _unknown_field_message(self, name: str, training: bool) -> str:
+        kind = "training" if training else "additional"
+        declared = [n for n, f in self.fields.items() if f.training == training]
+        call = "define_training_fields" if training else "define_additional_fields"
+        return (
+            f"{type(self).__name__} (instance {self.instance_id}) set {kind} field {name!r}, "
+            f"which is not declared; {kind} fields are {declared}. Declare it with {call}() in init_database()."
+        )
+
+    def _attach(self, instance_id: int, instance_nb: int, rng: np.random.Generator) -> None:
+        self.instance_id, self.instance_nb, self.rng = instance_id, instance_nb, rng
+
+    def _connect(
+        self,
+        predictor: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+        viewer: Callable[[Environment], None] | None = None,
+    ) -> None:
+        self._predictor, self._viewer = predictor, viewer
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} instance {self.instance_id}/{self.instance_nb}>"
+
+
+def _flatten(fields: tuple[Any, ...]) -> list[Any]:
+    """Accept both ``define_training_fields(a, b)`` and DeepPhysX's ``define_training_fields([a, b])``."""
+    if len(fields) == 1 and isinstance(fields[0], list):
+        return list(fields[0])
+    return list(fields)

@@ -1,0 +1,107 @@
+"""Runners decide where environments live; the in-process one ships with the core.
+
+A runner builds the environments of an :class:`~dpx.EnvironmentConfig` and hands
+the pipeline whole batches of samples (``produce``), so the pipeline does not
+care whether they were made in its own process, in worker processes or on a
+cluster. Other runners arrive through the ``dpx_runners`` hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from dpx.core.config import ConfigError, EnvironmentConfig
+from dpx.core.environment import Environment, Field
+from dpx.core.producer import SampleProducer
+
+WrongSampleSink = Callable[[int, dict[str, np.ndarray]], None]
+
+
+def make_environment(config: EnvironmentConfig, instance_id: int, instance_nb: int) -> Environment:
+    """Build environment ``instance_id`` of a run, with the config's ``env_kwargs``."""
+    cls = config.resolve_environment()
+    try:
+        env = cls(**config.env_kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{config.environment_name}: env_kwargs={config.env_kwargs!r} rejected: {exc}") from exc
+    env.instance_id, env.instance_nb = instance_id, instance_nb
+    return env
+
+
+def make_producer(
+    config: EnvironmentConfig,
+    key: np.ndarray,
+    instance_id: int = 0,
+    instance_nb: int = 1,
+    on_wrong_sample: WrongSampleSink | None = None,
+) -> SampleProducer:
+    return SampleProducer(
+        make_environment(config, instance_id, instance_nb),
+        key,
+        simulations_per_step=config.simulations_per_step,
+        max_wrong_samples_per_step=config.max_wrong_samples_per_step,
+        non_finite=config.non_finite,
+        on_wrong_sample=on_wrong_sample,
+    )
+
+
+class Runner:
+    """Base of every runner: start, produce batches, close."""
+
+    def __init__(self, config: EnvironmentConfig, key: np.ndarray, on_wrong_sample: WrongSampleSink | None = None):
+        self.config, self.key, self.on_wrong_sample = config, key, on_wrong_sample
+
+    def start(self) -> dict[str, Field]:
+        """Build and initialise the environments; return their declared fields."""
+        raise NotImplementedError
+
+    def produce(self, sample_ids: np.ndarray, stream: int = 0) -> dict[str, np.ndarray]:
+        """Produce samples ``sample_ids`` of ``stream``, as arrays by field (valid until the next call)."""
+        raise NotImplementedError
+
+    @property
+    def fields(self) -> dict[str, Field]:
+        """Fields with shape and dtype known once the first batch is produced."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the environments."""
+
+    def __enter__(self) -> Runner:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class InProcessRunner(Runner):
+    """One environment stepped in the pipeline's own process: no transport at all."""
+
+    def start(self) -> dict[str, Field]:
+        if self.config.workers != 1:
+            raise ConfigError(
+                f"EnvironmentConfig: workers={self.config.workers} needs a runner with worker processes "
+                "(e.g. runner='multiprocess'); the 'inprocess' runner runs one environment"
+            )
+        self.producer = make_producer(self.config, self.key, on_wrong_sample=self.on_wrong_sample)
+        self.producer.start()
+        return self.producer.fields
+
+    def produce(self, sample_ids: np.ndarray, stream: int = 0) -> dict[str, np.ndarray]:
+        return self.producer.produce(sample_ids, stream)
+
+    @property
+    def fields(self) -> dict[str, Field]:
+        return self.producer.fields
+
+    @property
+    def environment(self) -> Environment:
+        return self.producer.env
+
+    def close(self) -> None:
+        producer = getattr(self, "producer", None)
+        if producer is not None:
+            producer.close()

@@ -1,0 +1,19 @@
+# Sourced by demo.sh and test.sh: create .venv at the repository root and
+# install the core and every plugin into it (editable), pinned by constraints.txt.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+    echo "dpx: creating .venv with $("$PYTHON" --version)"
+    "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install -c constraints.txt hatchling editables
+editables=(-e .)
+for plugin in plugins/*/; do
+    editables+=(-e "$plugin")
+done
+echo "dpx: installing the core and ${#editables[@]} distributions into .venv (editable)"
+"${PIP[@]}" install --no-build-isolation -c constraints.txt "${editables[@]}" pytest

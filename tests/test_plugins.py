@@ -1,0 +1,201 @@
+"""The plugin manager: discovery through real entry points, errors, name resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import dpx
+from dpx.plugins import AmbiguousComponentError, PluginError, Plugins, UnknownComponentError
+from dpx.testing import assert_light_import
+
+
+def make_distribution(root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> Path:
+    """Write modules and a dist-info folder, as `pip install` would, under ``root``."""
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
+    lines = "\n".join(f"{name} = {value}" for name, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[dpx]\n{lines}\n")
+    return root
+
+
+GOOD = """
+import dpx
+
+@dpx.hookimpl
+def dpx_environments():
+    return {"pend.simple": dpx.Component("pend_impl:Pendulum", "a pendulum")}
+"""
+
+IMPL = """
+import dpx
+
+class Pendulum(dpx.Environment):
+    def step(self):
+        self.set_training_data(input=[1.0], ground_truth=[2.0])
+"""
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A folder on sys.path where tests install fake distributions."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for variable in ("DPX_STRICT_PLUGINS", "DPX_DISABLE_PLUGINS", "DPX_PLUGINS"):
+        monkeypatch.delenv(variable, raising=False)
+    before = set(sys.modules)
+    yield tmp_path
+    for module in set(sys.modules) - before:  # the next test writes same-named modules
+        del sys.modules[module]
+
+
+def test_builtins_are_listed_like_plugins():
+    plugins = Plugins(entry_points=False)
+    assert plugins.plugins["dpx"].source == "builtin"
+    assert "inprocess" in plugins.names("runners")
+    assert plugins.load("runners", "inprocess").__name__ == "InProcessRunner"
+
+
+def test_entry_point_is_discovered_with_its_distribution(site):
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    plugins = Plugins()
+    info = plugins.plugins["pend"]
+    assert (info.status, info.distribution, info.version) == ("ok", "dpx-pend", "1.2.3")
+    assert "pend_impl" not in sys.modules, "listing a plugin must not import its components"
+    cls = plugins.load("environments", "pend.simple")
+    assert issubclass(cls, dpx.Environment) and cls.__name__ == "Pendulum"
+
+
+def test_entry_point_to_missing_module_is_an_error_row(site):
+    make_distribution(site, "dpx-ghost", {"ghost": "no_such_module_xyz"}, {})
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    plugins = Plugins()
+    ghost = plugins.plugins["ghost"]
+    assert ghost.status == "error" and "no_such_module_xyz" in ghost.error
+    assert "pend.simple" in plugins.names("environments"), "a broken plugin must not hide the others"
+
+
+def test_plugin_raising_at_import_is_an_error_row_and_strict_mode_raises(site, monkeypatch):
+    make_distribution(site, "dpx-boom", {"boom": "boom_plugin"}, {"boom_plugin": "raise RuntimeError('no licence')"})
+    plugins = Plugins()
+    assert plugins.plugins["boom"].status == "error"
+    assert "RuntimeError: no licence" in plugins.plugins["boom"].error
+    monkeypatch.setenv("DPX_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginError, match="boom.*no licence"):
+        Plugins()
+
+
+def test_misspelled_hook_is_reported_with_the_right_name():
+    module = type(sys)("typo_plugin")
+    exec("import dpx\n@dpx.hookimpl\ndef dpx_enviroments():\n    return {}\n", module.__dict__)
+    plugins = Plugins(entry_points=False, strict=False)
+    info = plugins.register(module, name="typo")
+    assert info.status == "error"
+    assert "dpx_enviroments" in info.error and "dpx_environments" in info.error
+    assert plugins.manager.get_plugin("typo") is None, "a rejected plugin must not stay registered"
+
+
+def test_hook_with_unknown_argument_is_reported():
+    module = type(sys)("args_plugin")
+    exec("import dpx\n@dpx.hookimpl\ndef dpx_environments(config):\n    return {}\n", module.__dict__)
+    info = Plugins(entry_points=False, strict=False).register(module, name="args")
+    assert info.status == "error" and "config" in info.error
+
+
+def test_registry_returning_garbage_is_reported():
+    module = type(sys)("garbage_plugin")
+    exec("import dpx\n@dpx.hookimpl\ndef dpx_environments():\n    return {'x.y': 'not a path'}\n", module.__dict__)
+    info = Plugins(entry_points=False, strict=False).register(module, name="garbage")
+    assert info.status == "error" and "package.module:Attribute" in info.error
+
+
+def test_same_name_from_two_plugins_names_both(site):
+    other = GOOD.replace("pend_impl:Pendulum", "pend_impl2:Pendulum")
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    make_distribution(site, "dpx-pend2", {"pend2": "pend_plugin2"}, {"pend_plugin2": other, "pend_impl2": IMPL})
+    plugins = Plugins()
+    with pytest.raises(AmbiguousComponentError) as raised:
+        plugins.load("environments", "pend.simple")
+    message = str(raised.value)
+    assert "'pend'" in message and "'pend2'" in message and "'pend2:pend.simple'" in message
+    assert plugins.component("environments", "pend2:pend.simple")[1].path == "pend_impl2:Pendulum"
+
+
+def test_unknown_name_lists_available_and_closest(site):
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    with pytest.raises(UnknownComponentError, match=r"unknown environment 'pend.simpel'; did you mean 'pend.simple'\?"):
+        Plugins().load("environments", "pend.simpel")
+    with pytest.raises(ValueError, match="unknown registry"):
+        Plugins().names("simulators")
+
+
+def test_disable_and_dev_modules(site, monkeypatch):
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    (site / "dev_plugin.py").write_text(GOOD.replace("pend.simple", "dev.simple"))
+    monkeypatch.setenv("DPX_DISABLE_PLUGINS", "pend")
+    monkeypatch.setenv("DPX_PLUGINS", "dev_plugin")
+    plugins = Plugins()
+    assert plugins.plugins["pend"].status == "disabled"
+    names = plugins.names("environments")
+    assert "dev.simple" in names and "pend.simple" not in names
+    assert plugins.plugins["dev_plugin"].source == "DPX_PLUGINS"
+
+
+def test_component_that_fails_to_import_names_plugin_and_path(site):
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD.replace("pend_impl", "gone")})
+    with pytest.raises(PluginError, match=r"'pend.simple' of plugin 'pend' could not be loaded from 'gone:Pendulum'"):
+        Plugins().load("environments", "pend.simple")
+
+
+def run_cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    for variable in ("DPX_STRICT_PLUGINS", "DPX_DISABLE_PLUGINS", "DPX_PLUGINS"):
+        env.pop(variable, None)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-m", "dpx", *args], capture_output=True, text=True, env=env, check=False)
+
+
+def test_cli_lists_broken_plugin_as_error_row(site):
+    make_distribution(site, "dpx-boom", {"boom": "boom_plugin"}, {"boom_plugin": "import torchh"})
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    result = run_cli("plugins", pythonpath=site)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    boom = next(line for line in lines if line.startswith("boom"))
+    assert "error: import failed: ModuleNotFoundError" in boom
+    pend = next(line for line in lines if line.startswith("pend"))
+    assert "dpx-pend 1.2.3" in pend and "ok" in pend and "environments: pend.simple" in pend
+    rows = {row["name"]: row for row in json.loads(run_cli("plugins", "--json", pythonpath=site).stdout)}
+    assert rows["boom"]["status"] == "error"
+    assert rows["pend"]["provides"]["environments"]["pend.simple"]["path"] == "pend_impl:Pendulum"
+    assert "pend_impl:Pendulum" in run_cli("plugins", "--verbose", pythonpath=site).stdout
+
+
+def test_listing_plugins_imports_no_heavy_library():
+    code = "import sys; from dpx.cli import main; main(['plugins']); print(sorted(m for m in ('torch','vedo','ray','tensorboard','vtk') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_import_dpx_is_light():
+    assert_light_import("dpx", heavy=["numpy", "torch"])
+
+
+def test_fixture_registers_for_one_test(dpx_plugin):
+    module = type(sys)("fixture_plugin")
+    exec(GOOD.replace("pend.simple", "fixture.env"), module.__dict__)
+    dpx_plugin(module, name="fixture")
+    assert "fixture.env" in dpx.plugins.get_plugins().names("environments")
+
+
+def test_fixture_unregistered_after_the_test():
+    assert "fixture.env" not in dpx.plugins.get_plugins().names("environments")
