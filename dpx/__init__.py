@@ -19,12 +19,23 @@ _LAZY = {
     "Environment": "dpx.core.environment",
     "Field": "dpx.core.environment",
     "FieldError": "dpx.core.environment",
+    "EnvironmentConfig": "dpx.core.config",
+    "DatabaseConfig": "dpx.core.config",
+    "ConfigError": "dpx.core.config",
+    "DataGeneration": "dpx.core.generation",
+    "Database": "dpx.core.database",
+    "open_database": "dpx.core.database",
+    "Session": "dpx.core.session",
 }
 
 __all__ = ["Component", "hookimpl", "__version__", *_LAZY]
 
 if TYPE_CHECKING:
+    from dpx.core.config import ConfigError, DatabaseConfig, EnvironmentConfig
+    from dpx.core.database import Database, open_database
     from dpx.core.environment import Environment, Field, FieldError
+    from dpx.core.generation import DataGeneration
+    from dpx.core.session import Session
 
 
 def __getattr__(name: str) -> Any:

@@ -11,3 +11,10 @@ def dpx_runners():
     return {
         "inprocess": Component("dpx.core.runners:InProcessRunner", "environments in the pipeline's own process"),
     }
+
+
+@hookimpl
+def dpx_storage_backends():
+    return {
+        "memmap": Component("dpx.core.storage:MemmapStorage", "memory-mapped NumPy partitions, crash-safe (default)"),
+    }
