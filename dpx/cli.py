@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(message)s")
     try:
         return args.run(args)
-    except (PluginError, ValueError, FileNotFoundError, KeyError) as exc:
+    except (PluginError, ValueError, OSError, LookupError, RuntimeError) as exc:
         print(f"dpx {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -47,7 +47,97 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true", help="print machine-readable JSON")
     plugins.add_argument("-v", "--verbose", action="store_true", help="show import paths and summaries")
     plugins.set_defaults(run=_plugins)
+
+    generate = commands.add_parser(
+        "generate",
+        help="generate a dataset from a TOML config",
+        description="Run the DataGeneration pipeline described by a TOML file with the tables "
+        "[environment] (EnvironmentConfig), [database] (DatabaseConfig) and [pipeline] "
+        "(session_dir, session_name, new_session, batch_nb, batch_size). Running it again with "
+        "new_session=false resumes an interrupted session.",
+        epilog="Example: python -m dpx generate examples/spring.toml pipeline.batch_nb=100 "
+        "environment.env_kwargs.dt=0.02",
+    )
+    _add_job_arguments(generate)
+    generate.set_defaults(run=_generate)
+
+    info = commands.add_parser(
+        "info",
+        help="describe a session: fields, counts, normalisation, networks",
+        description="Describe a session folder (or a dataset folder): its runs, the fields, shapes, "
+        "dtypes and sample counts of each mode, normalisation statistics and saved networks.",
+    )
+    info.add_argument("session", help="a session folder, e.g. sessions/spring")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    info.set_defaults(run=_info)
     return parser
+
+
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="TOML file describing the job")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config values, e.g. pipeline.batch_nb=10")
+    parser.add_argument("--seed", type=int, help="root seed of the per-sample seeds")
+    parser.add_argument("--workers", type=int, help="number of environments run in parallel")
+    parser.add_argument("--runner", help="runner name (see `python -m dpx plugins`)")
+    parser.add_argument("--dry-run", action="store_true", help="check the config and the plugins, run nothing")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+
+def _job_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    for option in ("seed", "workers", "runner"):
+        value = getattr(args, option)
+        if value is not None:
+            overrides.append(f"environment.{option}={value!r}" if isinstance(value, str) else f"environment.{option}={value}")
+    return overrides
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from dpx.core.jobs import build_generation
+
+    pipeline = build_generation(args.config, _job_overrides(args), progress=False if args.no_progress else None)
+    if args.dry_run:
+        return _dry_run(pipeline.environment_config)
+    print(pipeline.execute())
+    return 0
+
+
+def _dry_run(environment_config) -> int:
+    cls = environment_config.resolve_environment()
+    get_plugins().load("runners", environment_config.runner)
+    print(f"config OK: environment {environment_config.environment_name} -> {cls.__module__}.{cls.__qualname__}, "
+          f"runner {environment_config.runner}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from dpx.core.jobs import describe_session
+
+    description = describe_session(args.session)
+    if args.json:
+        print(json.dumps(description, indent=2))
+        return 0
+    print(f"session {description['path']}")
+    for run in description["runs"]:
+        print(f"  run: {run}")
+    for mode, entry in description["dataset"].items():
+        print(f"  {mode}: {entry['count']} samples")
+        for name, field in entry["fields"].items():
+            line = f"    {name:16s} {field['dtype']:8s} {tuple(field['shape'])}"
+            if "mean" in field:
+                line += f"  mean {_short(field['mean'])}  std {_short(field['std'])}"
+            print(line)
+    if not description["dataset"]:
+        print("  dataset: empty")
+    networks = description["networks"]
+    print(f"  networks: {', '.join(networks) if networks else 'none saved'}")
+    return 0
+
+
+def _short(values: list[float]) -> str:
+    shown = ", ".join(f"{v:.4g}" for v in values[:4])
+    return f"[{shown}{', ...' if len(values) > 4 else ''}]"
 
 
 def _plugins(args: argparse.Namespace) -> int:

@@ -323,8 +323,8 @@ class Plugins:
         message = f"unknown {kind} {name!r}"
         close = difflib.get_close_matches(name.rpartition(":")[2], available, n=1)
         if close:
-            message += f"; did you mean {close[0]!r}?"
-        message += f" Available: {', '.join(available) if available else 'none'}."
+            message += f" (did you mean {close[0]!r}?)"
+        message += f"; available: {', '.join(available) if available else 'none'}."
         broken = [info.name for info in self.plugins.values() if info.status == "error"]
         if broken:
             message += f" Plugins that failed to load: {', '.join(broken)} (see `python -m dpx plugins`)."

@@ -131,7 +131,7 @@ def test_same_name_from_two_plugins_names_both(site):
 
 def test_unknown_name_lists_available_and_closest(site):
     make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
-    with pytest.raises(UnknownComponentError, match=r"unknown environment 'pend.simpel'; did you mean 'pend.simple'\?"):
+    with pytest.raises(UnknownComponentError, match=r"unknown environment 'pend.simpel' \(did you mean 'pend.simple'\?\); available: .*pend.simple"):
         Plugins().load("environments", "pend.simpel")
     with pytest.raises(ValueError, match="unknown registry"):
         Plugins().names("simulators")

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import os
+import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 DATABASE_MODES = ("training", "validation", "prediction")
@@ -165,18 +169,26 @@ class DatabaseConfig:
         return max(1, int(self.max_file_size * 1e9))
 
 
-def from_mapping(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    """Build config ``cls`` from a TOML section, naming ``where`` in errors."""
+def from_mapping(target: Any, data: Mapping[str, Any], where: str, exclude: Iterable[str] = ()) -> Any:
+    """Call ``target`` (a config class or pipeline) with a TOML section's parameters.
+
+    Unknown keys are refused with the closest valid name; ``where`` (e.g.
+    ``"spring.toml [database]"``) prefixes every error.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a table of parameters, got {data!r}")
-    known = {f.name for f in dataclasses.fields(cls)}
+    if dataclasses.is_dataclass(target):
+        known = {f.name for f in dataclasses.fields(target)}
+    else:
+        known = set(inspect.signature(target).parameters) - {"self"}
+    known -= set(exclude)
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{where}: unknown parameter {key!r}{hint} Valid: {', '.join(sorted(known))}")
     try:
-        return cls(**data)
+        return target(**data)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     except ConfigError as exc:
@@ -192,3 +204,45 @@ def as_record(config: Any) -> dict[str, Any]:
             value = f"{value.__module__}:{value.__qualname__}"
         record[f.name] = value
     return record
+
+
+def read_toml(path: str | os.PathLike, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a pipeline's TOML file and apply ``section.key=value`` overrides.
+
+    Override values are parsed as TOML values (``batch_nb=10``,
+    ``env_kwargs.n_points=100``, ``runner="multiprocess"``); a value that is not
+    valid TOML is taken as a string, so ``environment.runner=multiprocess`` works.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} must look like section.key=value")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        table = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is not a table")
+        table[leaf] = value
+    return data
+
+
+def check_sections(data: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    """Refuse unknown top-level tables, naming the closest valid one."""
+    allowed = list(allowed)
+    for section in data:
+        if section not in allowed:
+            close = difflib.get_close_matches(section, allowed, n=1)
+            hint = f"; did you mean [{close[0]}]?" if close else ""
+            raise ConfigError(f"{where}: unknown section [{section}]{hint} Valid: {', '.join(allowed)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpx.core.config import MODE_STREAMS, DatabaseConfig, EnvironmentConfig, as_record
+from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, as_record
 from dpx.core.database import Database, dataset_path
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
@@ -63,9 +63,9 @@ class DataGeneration:
         progress: bool | None = None,
     ) -> None:
         if not isinstance(batch_nb, int) or batch_nb < 0:
-            raise ValueError(f"DataGeneration: batch_nb={batch_nb!r} must be a non-negative integer")
+            raise ConfigError(f"DataGeneration: batch_nb={batch_nb!r} must be a non-negative integer")
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"DataGeneration: batch_size={batch_size!r} must be a positive integer")
+            raise ConfigError(f"DataGeneration: batch_size={batch_size!r} must be a positive integer")
         self.environment_config = environment_config
         self.database_config = database_config or DatabaseConfig()
         self.session_dir, self.session_name, self.new_session = session_dir, session_name, new_session
@@ -74,6 +74,11 @@ class DataGeneration:
         self.session_path: Path | None = None
 
     def execute(self) -> GenerationSummary:
+        from dpx.plugins import get_plugins
+
+        # resolve names first: a typo must not leave an empty session behind
+        runner_class = get_plugins().load("runners", self.environment_config.runner)
+        self.environment_config.resolve_environment()
         session = self._open_session()
         self.session_path = session.path
         mode = self.database_config.mode or "training"
@@ -90,9 +95,6 @@ class DataGeneration:
             seed=seed,
             mode=mode,
         )
-        from dpx.plugins import get_plugins
-
-        runner_class = get_plugins().load("runners", self.environment_config.runner)
         database = Database(session.dataset_dir, self.database_config)
         sink = _WrongSampleSink(session.dataset_dir / "wrong_samples") if self.environment_config.record_wrong_samples else None
         runner = runner_class(self.environment_config, key, on_wrong_sample=sink)
