@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,14 +109,22 @@ class DataGeneration:
                 log.info("dpx: resuming %s at sample %d of %d", session.path, start, total)
             progress = Progress(total, desc=f"generate {mode}", initial=min(start, total), enabled=self.progress)
             stream = MODE_STREAMS[mode]
-            for first in range(start, total, self.batch_size):
-                ids = np.arange(first, min(first + self.batch_size, total))
-                batch = runner.produce(ids, stream)
-                if produced == 0 and first == start:
-                    database.prepare(mode, {name: (a.dtype, a.shape[1:]) for name, a in batch.items()})
-                database.append(mode, batch)
-                produced += len(ids)
-                progress.update(len(ids))
+            # One thread stores batch k while the environment produces batch k+1:
+            # writing releases the GIL, so storage cost hides behind simulation.
+            with ThreadPoolExecutor(1, thread_name_prefix="dpx-writer") as writer:
+                stored = None
+                for first in range(start, total, self.batch_size):
+                    ids = np.arange(first, min(first + self.batch_size, total))
+                    batch = runner.produce(ids, stream)
+                    if stored is None:
+                        database.prepare(mode, {name: (a.dtype, a.shape[1:]) for name, a in batch.items()})
+                    else:
+                        stored.result()
+                    stored = writer.submit(database.append, mode, batch)
+                    produced += len(ids)
+                    progress.update(len(ids))
+                if stored is not None:
+                    stored.result()
         except KeyboardInterrupt:
             interrupted = True
             raise

@@ -58,7 +58,11 @@ class Runner:
         raise NotImplementedError
 
     def produce(self, sample_ids: np.ndarray, stream: int = 0) -> dict[str, np.ndarray]:
-        """Produce samples ``sample_ids`` of ``stream``, as arrays by field (valid until the next call)."""
+        """Produce samples ``sample_ids`` of ``stream``, as arrays by field.
+
+        The arrays must stay valid until the call after next: the pipeline
+        stores a batch while the next one is being produced.
+        """
         raise NotImplementedError
 
     @property
