@@ -181,9 +181,11 @@ class Database:
         count = self.count(mode)
         order = (rng or np.random.default_rng()).permutation(count) if shuffle else np.arange(count)
         buffers = {name: np.empty((batch_size, *layout[name][1]), layout[name][0]) for name in names}
+        readers = [(name, self.storage.reader(mode, name), buffers[name]) for name in names]
         for start in range(0, count, batch_size):
             ids = order[start : start + batch_size]
-            yield {name: self.storage.read(mode, name, ids, out=buffers[name][: len(ids)]) for name in names}
+            size = len(ids)
+            yield {name: read(ids, buffer[:size]) for name, read, buffer in readers}
 
     def refresh(self) -> bool:
         """Pick up samples a concurrent writer committed since opening."""

@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,7 @@ class MemmapStorage:
         self.max_file_bytes = max_file_bytes
         self.commit_interval = commit_interval
         self._maps: dict[tuple[str, str, int], np.ndarray] = {}
+        self._layouts: dict[str, dict[str, FieldLayout]] = {}
         self._files: dict[tuple[str, str], tuple[int, Any]] = {}
         self._lock = None
         self._last_commit = 0.0
@@ -147,6 +148,7 @@ class MemmapStorage:
         if mtime == self._index_mtime:
             return False
         self.index = self._read_index(recover=False)
+        self._layouts.clear()
         self.written = {mode: entry["count"] for mode, entry in self.index["modes"].items()}
         return True
 
@@ -162,11 +164,14 @@ class MemmapStorage:
         return list(self.index["modes"])
 
     def layout(self, mode: str) -> dict[str, FieldLayout]:
-        try:
-            entry = self.index["modes"][mode]
-        except KeyError:
-            raise StorageError(f"{self.path}: no mode {mode!r}; modes are {self.modes}") from None
-        return {name: FieldLayout.from_json(f) for name, f in entry["fields"].items()}
+        layouts = self._layouts.get(mode)
+        if layouts is None:
+            try:
+                entry = self.index["modes"][mode]
+            except KeyError:
+                raise StorageError(f"{self.path}: no mode {mode!r}; modes are {self.modes}") from None
+            layouts = self._layouts[mode] = {name: FieldLayout.from_json(f) for name, f in entry["fields"].items()}
+        return layouts
 
     def count(self, mode: str) -> int:
         """Committed samples of ``mode`` (0 for a mode never written)."""
@@ -281,29 +286,49 @@ class MemmapStorage:
 
     # -- reading ---------------------------------------------------------------------
 
-    def read(self, mode: str, name: str, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Gather samples ``indices`` of one field into ``out`` (allocated if None)."""
+    def read(
+        self, mode: str, name: str, indices: np.ndarray, out: np.ndarray | None = None, *, checked: bool = False
+    ) -> np.ndarray:
+        """Gather samples ``indices`` of one field into ``out`` (allocated if None).
+
+        ``checked=True`` skips the bounds check, for callers whose indices come
+        from :meth:`count` (a permutation of the committed samples).
+        """
         f = self.layout(mode)[name]
         count = self.count(mode)
-        indices = np.asarray(indices, dtype=np.int64)
         if out is None:
             out = np.empty((len(indices), *f.shape), f.dtype)
         if len(indices) == 0:
             return out
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= count:
-            raise IndexError(f"{self.path}: sample {high if high >= count else low} of mode {mode!r} does not exist ({count} committed)")
+        if not checked:
+            indices = np.asarray(indices, dtype=np.int64)
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= count:
+                raise IndexError(
+                    f"{self.path}: sample {high if high >= count else low} of mode {mode!r} does not exist "
+                    f"({count} committed)"
+                )
         size = f.partition_samples
-        first, last = low // size, high // size
-        if first == last:
-            np.take(self._map(mode, name, first, f, count), indices - first * size, axis=0, out=out)
-            return out
+        if count <= size:  # one partition: the common case
+            return np.take(self._map(mode, name, 0, f, count), indices, axis=0, out=out)
         parts = indices // size
-        for part in range(first, last + 1):
+        for part in np.unique(parts):
             rows = np.flatnonzero(parts == part)
-            if len(rows):
-                out[rows] = self._map(mode, name, part, f, count)[indices[rows] - part * size]
+            out[rows] = self._map(mode, name, int(part), f, count)[indices[rows] - part * size]
         return out
+
+    def reader(self, mode: str, name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """A gather function ``(indices, out) -> out`` over the samples committed now.
+
+        For batch loops: it resolves the partition maps once instead of per
+        batch. Indices must be valid (below the current :meth:`count`).
+        """
+        f = self.layout(mode)[name]
+        count = self.count(mode)
+        if 0 < count <= f.partition_samples:
+            mapped = self._map(mode, name, 0, f, count)
+            return lambda indices, out: np.take(mapped, indices, axis=0, out=out)
+        return lambda indices, out: self.read(mode, name, indices, out, checked=True)
 
     def _map(self, mode: str, name: str, part: int, f: FieldLayout, count: int) -> np.ndarray:
         """The memory map of a partition, covering its committed samples."""
