@@ -22,7 +22,10 @@ _LAZY = {
     "EnvironmentConfig": "dpx.core.config",
     "DatabaseConfig": "dpx.core.config",
     "ConfigError": "dpx.core.config",
+    "NetworkConfig": "dpx.core.config",
     "DataGeneration": "dpx.core.generation",
+    "Training": "dpx.core.training",
+    "Prediction": "dpx.core.prediction",
     "Database": "dpx.core.database",
     "open_database": "dpx.core.database",
     "Session": "dpx.core.session",
@@ -31,10 +34,12 @@ _LAZY = {
 __all__ = ["Component", "hookimpl", "__version__", *_LAZY]
 
 if TYPE_CHECKING:
-    from dpx.core.config import ConfigError, DatabaseConfig, EnvironmentConfig
+    from dpx.core.config import ConfigError, DatabaseConfig, EnvironmentConfig, NetworkConfig
     from dpx.core.database import Database, open_database
     from dpx.core.environment import Environment, Field, FieldError
     from dpx.core.generation import DataGeneration
+    from dpx.core.prediction import Prediction
+    from dpx.core.training import Training
     from dpx.core.session import Session
 
 

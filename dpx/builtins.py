@@ -18,3 +18,10 @@ def dpx_storage_backends():
     return {
         "memmap": Component("dpx.core.storage:MemmapStorage", "memory-mapped NumPy partitions, crash-safe (default)"),
     }
+
+
+@hookimpl
+def dpx_stats_writers():
+    return {
+        "csv": Component("dpx.core.stats:CsvStatsWriter", "training curves in stats/curves.csv (no dependency)"),
+    }

@@ -48,18 +48,25 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("-v", "--verbose", action="store_true", help="show import paths and summaries")
     plugins.set_defaults(run=_plugins)
 
-    generate = commands.add_parser(
-        "generate",
-        help="generate a dataset from a TOML config",
-        description="Run the DataGeneration pipeline described by a TOML file with the tables "
-        "[environment] (EnvironmentConfig), [database] (DatabaseConfig) and [pipeline] "
-        "(session_dir, session_name, new_session, batch_nb, batch_size). Running it again with "
-        "new_session=false resumes an interrupted session.",
-        epilog="Example: python -m dpx generate examples/spring.toml pipeline.batch_nb=100 "
-        "environment.env_kwargs.dt=0.02",
-    )
-    _add_job_arguments(generate)
-    generate.set_defaults(run=_generate)
+    jobs = {
+        "generate": ("generate a dataset", "DataGeneration", "[environment] (EnvironmentConfig), [database] "
+                     "(DatabaseConfig) and [pipeline] (session_dir, session_name, new_session, batch_nb, batch_size)"),
+        "train": ("train a network", "Training", "[network] (NetworkConfig), [database] (DatabaseConfig), an optional "
+                  "[environment] (EnvironmentConfig) producing the data, and [pipeline] (session_dir, session_name, "
+                  "new_session, epoch_nb, batch_nb, batch_size, stats)"),
+        "predict": ("run a trained network in its environment", "Prediction", "[network] (NetworkConfig), "
+                    "[environment] (EnvironmentConfig) and [pipeline] (session_dir, session_name, step_nb, record)"),
+    }
+    for name, (summary, pipeline, tables) in jobs.items():
+        job = commands.add_parser(
+            name,
+            help=f"{summary} from a TOML config",
+            description=f"Run the {pipeline} pipeline described by a TOML file with the tables {tables}. "
+            "Running it again with pipeline.new_session=false resumes an interrupted session.",
+            epilog=f"Example: python -m dpx {name} examples/spring_{name}.toml pipeline.batch_size=64",
+        )
+        _add_job_arguments(job)
+        job.set_defaults(run=_job)
 
     info = commands.add_parser(
         "info",
@@ -93,21 +100,30 @@ def _job_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from dpx.core.jobs import build_generation
+def _job(args: argparse.Namespace) -> int:
+    from dpx.core.jobs import build_job
 
-    pipeline = build_generation(args.config, _job_overrides(args), progress=False if args.no_progress else None)
+    pipeline = build_job(args.command, args.config, _job_overrides(args), progress=False if args.no_progress else None)
     if args.dry_run:
-        return _dry_run(pipeline.environment_config)
+        return _dry_run(pipeline)
     print(pipeline.execute())
     return 0
 
 
-def _dry_run(environment_config) -> int:
-    cls = environment_config.resolve_environment()
-    get_plugins().load("runners", environment_config.runner)
-    print(f"config OK: environment {environment_config.environment_name} -> {cls.__module__}.{cls.__qualname__}, "
-          f"runner {environment_config.runner}")
+def _dry_run(pipeline) -> int:
+    """Resolve every name the job uses, without running it."""
+    checked = []
+    environment_config = getattr(pipeline, "environment_config", None)
+    if environment_config is not None:
+        cls = environment_config.resolve_environment()
+        get_plugins().load("runners", environment_config.runner)
+        checked.append(f"environment {environment_config.environment_name} -> {cls.__module__}.{cls.__qualname__}")
+        checked.append(f"runner {environment_config.runner}")
+    network_config = getattr(pipeline, "network_config", None)
+    if network_config is not None:
+        get_plugins().load("network_backends", network_config.backend)
+        checked.append(f"network {network_config.network_class} on backend {network_config.backend}")
+    print(f"config OK: {', '.join(checked)}")
     return 0
 
 

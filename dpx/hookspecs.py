@@ -131,7 +131,20 @@ def dpx_storage_backends():
 
     Each component is a class storing samples field by field on disk. The core
     ships ``memmap`` (fixed-size memory-mapped NumPy partitions, crash-safe);
-    plugins may add export formats such as HDF5 or zarr.
+    plugins may add export formats such as HDF5 or zarr. The class follows
+    :class:`dpx.core.storage.MemmapStorage`:
+
+    * ``cls(path, *, readonly, max_file_bytes)`` opens or creates a dataset;
+    * ``modes``, ``layout(mode)``, ``count(mode)`` describe it, ``metadata``
+      is a JSON dict kept with it (normalisation, provenance);
+    * ``add_mode(mode, {field: (dtype, shape)})``, ``append(mode, arrays)``
+      and ``commit(force=False, metadata=None)`` write: appended samples become
+      visible to readers only once committed, and a writer killed at any point
+      must leave only whole committed samples;
+    * ``read(mode, field, indices, out=None)``, ``reader(mode, field)`` (a fast
+      ``(indices, out) -> out`` gather) and ``refresh()`` read, while a writer
+      may still be appending;
+    * ``close()`` commits and releases files.
 
     Example::
 

@@ -169,6 +169,48 @@ class DatabaseConfig:
         return max(1, int(self.max_file_size * 1e9))
 
 
+@dataclass
+class NetworkConfig:
+    """The network, its optimisation and its data transformation.
+
+    ``network_class`` is an architecture name offered by the backend (``"fc"``,
+    ``"unet"``) or a network class of that backend; ``network_kwargs`` go to
+    its constructor (e.g. ``{"dim_layers": [90, 64, 3]}`` for ``fc``).
+    ``loss`` and ``optimizer`` are names (``"mse"``, ``"adam"``) or classes;
+    ``data_transformation`` names a registered transform. ``network_dir`` is a
+    session (or its ``network/`` folder) to load a saved network from, and
+    ``which_network`` picks the saved epoch (``-1``: the last one).
+    ``input_fields`` feed the network, ``target_fields`` are what it predicts.
+    """
+
+    network_class: type | str = "fc"
+    backend: str = "torch"
+    optimization: type | str | None = None
+    data_transformation: type | str | None = None
+    network_dir: str | None = None
+    network_name: str = "network"
+    which_network: int = -1
+    save_each_epoch: bool = False
+    data_type: Literal["float32", "float64"] = "float32"
+    lr: float = 1e-3
+    loss: type | str = "mse"
+    optimizer: type | str = "adam"
+    require_training_stuff: bool = True
+    network_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    input_fields: list[str] = field(default_factory=lambda: ["input"])
+    target_fields: list[str] = field(default_factory=lambda: ["ground_truth"])
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self, self.lr > 0, "lr", "must be positive")
+        _require(self, len(self.input_fields) >= 1, "input_fields", "name at least one field")
+        _require(self, len(self.target_fields) >= 1, "target_fields", "name at least one field")
+        self.input_fields, self.target_fields = list(self.input_fields), list(self.target_fields)
+
+
 def from_mapping(target: Any, data: Mapping[str, Any], where: str, exclude: Iterable[str] = ()) -> Any:
     """Call ``target`` (a config class or pipeline) with a TOML section's parameters.
 

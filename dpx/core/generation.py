@@ -9,7 +9,6 @@ by the first run, so the dataset equals the one an uninterrupted run makes.
 from __future__ import annotations
 
 import logging
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, as_record
-from dpx.core.database import Database, dataset_path
+from dpx.core.database import Database
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
 from dpx.core.session import Session
@@ -152,17 +151,9 @@ class DataGeneration:
         )
 
     def _open_session(self) -> Session:
-        existing = self.database_config.existing_dir
-        if existing is None:
-            return Session.start(self.session_dir, self.session_name, self.new_session)
-        source = dataset_path(existing)
-        if not (source / "dataset.json").exists():
-            raise FileNotFoundError(f"DatabaseConfig: existing_dir={existing!r} holds no dataset (no dataset.json)")
-        if not self.new_session:  # extend the existing dataset in place
-            return Session(source.parent) if source.name == "dataset" else Session(source)
-        session = Session.start(self.session_dir, self.session_name, True)
-        shutil.copytree(source, session.dataset_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".writer.lock"))
-        return session
+        return Session.for_dataset(
+            self.database_config.existing_dir, self.session_dir, self.session_name, self.new_session
+        )
 
     def _seed(self, session: Session) -> int:
         """The config's seed, else the one a previous run of this session used, else a fresh one."""

@@ -1,6 +1,8 @@
 """Pipelines built from TOML files, and session descriptions: what the CLI runs.
 
-A job file has one table per config object, named as in the Python API::
+A job file has one table per config object, named as in the Python API
+(``[environment]``, ``[database]``, ``[network]``) and ``[pipeline]`` for the
+pipeline's own arguments::
 
     [environment]            # EnvironmentConfig
     environment_class = "toy.spring"
@@ -20,20 +22,47 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dpx.core.config import DatabaseConfig, EnvironmentConfig, check_sections, from_mapping, read_toml
-from dpx.core.generation import DataGeneration
+from dpx.core.config import (
+    DatabaseConfig,
+    EnvironmentConfig,
+    NetworkConfig,
+    check_sections,
+    from_mapping,
+    read_toml,
+)
+
+SECTIONS = {
+    "generate": ("environment", "database", "pipeline"),
+    "train": ("environment", "database", "network", "pipeline"),
+    "predict": ("environment", "database", "network", "pipeline"),
+}
+REQUIRED = {"generate": ("environment",), "train": ("network",), "predict": ("environment", "network")}
 
 
-def build_generation(path: str | os.PathLike, overrides: list[str], progress: bool | None = None) -> DataGeneration:
+def build_job(kind: str, path: str | os.PathLike, overrides: list[str], progress: bool | None = None) -> Any:
+    """The pipeline (DataGeneration, Training or Prediction) a job file describes."""
+    from dpx.core.generation import DataGeneration
+    from dpx.core.prediction import Prediction
+    from dpx.core.training import Training
+
     data = read_toml(path, overrides)
-    check_sections(data, ("environment", "database", "pipeline"), str(path))
-    if "environment" not in data:
-        raise KeyError(f"{path}: missing table [environment] (with at least environment_class = \"...\")")
-    environment = from_mapping(EnvironmentConfig, data["environment"], f"{path} [environment]")
-    database = from_mapping(DatabaseConfig, data.get("database", {}), f"{path} [database]")
+    check_sections(data, SECTIONS[kind], str(path))
+    for section in REQUIRED[kind]:
+        if section not in data:
+            raise KeyError(f"{path}: missing table [{section}]")
+    configs = {
+        "environment_config": EnvironmentConfig,
+        "database_config": DatabaseConfig,
+        "network_config": NetworkConfig,
+    }
     pipeline = dict(data.get("pipeline", {}))
-    pipeline.update(environment_config=environment, database_config=database, progress=progress)
-    return from_mapping(DataGeneration, pipeline, f"{path} [pipeline]")
+    for argument, cls in configs.items():
+        section = argument.removesuffix("_config")
+        if section in data:
+            pipeline[argument] = from_mapping(cls, data[section], f"{path} [{section}]")
+    pipeline["progress"] = progress
+    pipeline_class = {"generate": DataGeneration, "train": Training, "predict": Prediction}[kind]
+    return from_mapping(pipeline_class, pipeline, f"{path} [pipeline]")
 
 
 def describe_session(path: str | os.PathLike) -> dict[str, Any]:

@@ -156,8 +156,10 @@ class SampleProducer:
         max_wrong_samples_per_step: int = 10,
         non_finite: NonFinitePolicy = "error",
         on_wrong_sample: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+        optional_fields: frozenset[str] = frozenset(),
     ) -> None:
         self.env = environment
+        self.optional_fields = optional_fields
         self.rng = SampleRng(key)
         environment.rng = self.rng.generator
         self.simulations_per_step = simulations_per_step
@@ -187,6 +189,13 @@ class SampleProducer:
         if inspect.iscoroutinefunction(env.step):
             self._loop = asyncio.new_event_loop()
             self._step = lambda: self._loop.run_until_complete(env.step())
+
+    def apply_prediction(self, prediction: np.ndarray) -> None:
+        """Hand one sample's prediction back to the environment (``{"prediction": array}``)."""
+        try:
+            self.env.apply_prediction({"prediction": prediction})
+        except Exception as exc:
+            raise self._env_error("apply_prediction() raised", exc) from exc
 
     def close(self) -> None:
         try:
@@ -230,7 +239,10 @@ class SampleProducer:
         if any(f.shape is None or f.dtype is None for f in self.fields.values()):
             first = self._step_until_accepted(first_id)
             for name, f in self.fields.items():
-                f.learn(self._as_array(name, first))
+                if name in self.optional_fields and name not in first and (f.shape is None or f.dtype is None):
+                    raise FieldError(f"{self.env!r}: declare the dtype and shape of field {name!r}, it may be left unset")
+                if name in first or name not in self.optional_fields:
+                    f.learn(self._as_array(name, first))
         self._batches = [Batch(self.fields, count) for _ in range(BUFFERS)]
         self._slots = [(name, f.shape, f.dtype) for name, f in self.fields.items()]
         if first is None:
@@ -266,6 +278,9 @@ class SampleProducer:
 
     def _copy(self, sample: dict[str, Any], arrays: dict[str, np.ndarray], row: int, sample_id: int) -> None:
         for name, shape, dtype in self._slots:
+            if name in self.optional_fields and name not in sample:
+                arrays[name][row] = np.nan if dtype.kind in "fc" else 0
+                continue
             value = self._as_array(name, sample)
             if value.shape != shape:
                 raise FieldError(
@@ -294,7 +309,7 @@ class SampleProducer:
 
     def _check_finite(self, arrays: dict[str, np.ndarray], sample_ids: np.ndarray, count: int) -> None:
         for name, f in self.fields.items():
-            if f.dtype.kind not in "fc":
+            if f.dtype.kind not in "fc" or name in self.optional_fields:
                 continue
             values = arrays[name][:count]
             if np.isfinite(values).all():

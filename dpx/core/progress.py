@@ -53,7 +53,8 @@ class Progress:
     def line(self) -> str:
         eta = (self.total - self.done) / self.rate if self.rate > 0 else float("inf")
         extra = "".join(f", {k}={v}" for k, v in self.postfix.items())
-        return f"{self.desc}: {self.done}/{self.total} {self.unit}s, {self.rate:,.0f} {self.unit}s/s, ETA {eta:.0f}s{extra}"
+        units = self.unit + ("es" if self.unit.endswith(("ch", "s")) else "s")
+        return f"{self.desc}: {self.done}/{self.total} {units}, {self.rate:,.0f} {units}/s, ETA {eta:.0f}s{extra}"
 
     def close(self) -> None:
         if self.bar is not None:

@@ -36,6 +36,7 @@ def make_producer(
     instance_id: int = 0,
     instance_nb: int = 1,
     on_wrong_sample: WrongSampleSink | None = None,
+    optional_fields: frozenset[str] = frozenset(),
 ) -> SampleProducer:
     return SampleProducer(
         make_environment(config, instance_id, instance_nb),
@@ -44,14 +45,29 @@ def make_producer(
         max_wrong_samples_per_step=config.max_wrong_samples_per_step,
         non_finite=config.non_finite,
         on_wrong_sample=on_wrong_sample,
+        optional_fields=optional_fields,
     )
 
 
-class Runner:
-    """Base of every runner: start, produce batches, close."""
+Predictor = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
-    def __init__(self, config: EnvironmentConfig, key: np.ndarray, on_wrong_sample: WrongSampleSink | None = None):
+
+class Runner:
+    """Base of every runner: start, produce batches, pass predictions back, close.
+
+    ``optional_fields`` may be left unset by the environments (in prediction,
+    the ground truth): they come back as NaN instead of raising.
+    """
+
+    def __init__(
+        self,
+        config: EnvironmentConfig,
+        key: np.ndarray,
+        on_wrong_sample: WrongSampleSink | None = None,
+        optional_fields: frozenset[str] = frozenset(),
+    ):
         self.config, self.key, self.on_wrong_sample = config, key, on_wrong_sample
+        self.optional_fields = optional_fields
 
     def start(self) -> dict[str, Field]:
         """Build and initialise the environments; return their declared fields."""
@@ -68,6 +84,14 @@ class Runner:
     @property
     def fields(self) -> dict[str, Field]:
         """Fields with shape and dtype known once the first batch is produced."""
+        raise NotImplementedError
+
+    def apply(self, predictions: np.ndarray) -> None:
+        """Give row ``i`` of the last batch's predictions to the environment that produced sample ``i``."""
+        raise NotImplementedError
+
+    def connect(self, predictor: Predictor | None) -> None:
+        """Route the environments' ``get_prediction`` requests to ``predictor``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -90,7 +114,9 @@ class InProcessRunner(Runner):
                 f"EnvironmentConfig: workers={self.config.workers} needs a runner with worker processes "
                 "(e.g. runner='multiprocess'); the 'inprocess' runner runs one environment"
             )
-        self.producer = make_producer(self.config, self.key, on_wrong_sample=self.on_wrong_sample)
+        self.producer = make_producer(
+            self.config, self.key, on_wrong_sample=self.on_wrong_sample, optional_fields=self.optional_fields
+        )
         self.producer.start()
         return self.producer.fields
 
@@ -104,6 +130,13 @@ class InProcessRunner(Runner):
     @property
     def environment(self) -> Environment:
         return self.producer.env
+
+    def apply(self, predictions: np.ndarray) -> None:
+        for row in predictions:
+            self.producer.apply_prediction(row)
+
+    def connect(self, predictor: Predictor | None) -> None:
+        self.producer.env._connect(predictor=predictor)
 
     def close(self) -> None:
         producer = getattr(self, "producer", None)

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,36 @@ class Session:
         session = cls(path)
         for sub in SUBFOLDERS:
             (path / sub).mkdir(parents=True, exist_ok=True)
+        return session
+
+    @classmethod
+    def for_dataset(
+        cls, existing_dir: str | None, session_dir: str | os.PathLike, session_name: str, new_session: bool
+    ) -> Session:
+        """The session a pipeline writes to, given ``DatabaseConfig.existing_dir``.
+
+        Without an existing dataset: :meth:`start`. With one: a new session
+        gets a copy of it (the original is never modified); ``new_session=False``
+        works in the existing session itself.
+        """
+        if existing_dir is None:
+            return cls.start(session_dir, session_name, new_session)
+        source = Path(existing_dir)
+        source = source / "dataset" if (source / "dataset").is_dir() else source
+        if not (source / "dataset.json").exists():
+            raise FileNotFoundError(f"DatabaseConfig: existing_dir={existing_dir!r} holds no dataset (no dataset.json)")
+        if not new_session:
+            if source.name != "dataset":
+                raise FileNotFoundError(
+                    f"existing_dir={existing_dir!r} is a dataset outside a session; "
+                    "use new_session=True to copy it into a new session"
+                )
+            session = cls(source.parent)
+            for sub in SUBFOLDERS:
+                (session.path / sub).mkdir(parents=True, exist_ok=True)
+            return session
+        session = cls.start(session_dir, session_name, True)
+        shutil.copytree(source, session.dataset_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".writer.lock"))
         return session
 
     @property
@@ -116,6 +147,8 @@ class Session:
                 if key not in ("pipeline", "started", "dpx", "configs", "plugins"):
                     lines.append(f"  {key}: {value}")
             for section, config in run["configs"].items():
+                if config is None:
+                    continue
                 lines.append(f"  [{section}]")
                 lines.extend(f"    {key} = {value!r}" for key, value in config.items())
             lines.append("  plugins: " + ", ".join(f"{n} {v}" for n, v in run["plugins"].items()))

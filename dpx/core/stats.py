@@ -1,0 +1,105 @@
+"""Training curves: the pipeline reports values, stats writers store them.
+
+:class:`Stats` receives every value the training reports (batch loss, epoch
+loss, validation loss, learning rate, extra values from the loss transform),
+adds the mean and variance of the batch loss over a sliding window, and hands
+them to each configured writer. The core's ``csv`` writer needs no dependency;
+``tensorboard`` comes with the dpx-tensorboard plugin.
+
+A writer is a class built as ``cls(stats_dir)`` with ``scalar(tag, value,
+step)``, ``histogram(tag, values, step)`` (may ignore it) and ``close()``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WINDOW = 50
+
+
+class CsvStatsWriter:
+    """``stats/curves.csv``: one ``tag,step,value`` row per reported value."""
+
+    def __init__(self, stats_dir: Path) -> None:
+        stats_dir.mkdir(parents=True, exist_ok=True)
+        self.path = stats_dir / "curves.csv"
+        new = not self.path.exists()
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(["tag", "step", "value"])
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._writer.writerow([tag, step, repr(float(value))])
+
+    def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
+        """A CSV holds no histograms; see the tensorboard writer."""
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_csv_curves(stats_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The curves of ``stats/curves.csv`` by tag, as ``(step, value)`` pairs."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    with open(Path(stats_dir) / "curves.csv", newline="") as file:
+        for row in csv.DictReader(file):
+            curves.setdefault(row["tag"], []).append((int(row["step"]), float(row["value"])))
+    return curves
+
+
+class Stats:
+    """Fan training values out to the writers named in ``writers``."""
+
+    def __init__(self, stats_dir: Path, writers: Iterable[str] = ("csv",), histograms: bool = False) -> None:
+        from dpx.plugins import get_plugins
+
+        plugins = get_plugins()
+        self.writers = [plugins.load("stats_writers", name)(Path(stats_dir)) for name in writers]
+        self.histograms = histograms
+        self._window: deque[float] = deque(maxlen=WINDOW)
+
+    def batch(self, step: int, loss: float, extra: Mapping[str, float] | None = None, lr: float | None = None) -> None:
+        self._window.append(loss)
+        values = {"loss/batch": loss}
+        window = np.fromiter(self._window, float)
+        values[f"loss/batch_mean{WINDOW}"] = float(window.mean())
+        values[f"loss/batch_var{WINDOW}"] = float(window.var())
+        if lr is not None:
+            values["learning_rate"] = lr
+        for name, value in (extra or {}).items():
+            values[f"extra/{name}"] = value
+        self._write(values, step)
+
+    def epoch(self, epoch: int, loss: float, validation_loss: float | None = None) -> None:
+        values = {"loss/epoch": loss}
+        if validation_loss is not None:
+            values["loss/validation"] = validation_loss
+        self._write(values, epoch)
+        for writer in self.writers:
+            getattr(writer, "flush", lambda: None)()
+
+    def parameters(self, step: int, histograms: Mapping[str, np.ndarray]) -> None:
+        for writer in self.writers:
+            for tag, values in histograms.items():
+                writer.histogram(tag, values, step)
+
+    def _write(self, values: Mapping[str, Any], step: int) -> None:
+        for writer in self.writers:
+            for tag, value in values.items():
+                if value is not None and math.isfinite(value):
+                    writer.scalar(tag, value, step)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()

@@ -1,0 +1,231 @@
+"""The torch network backend: what dpx's pipelines call (see ``dpx.core.network``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dpx.core.config import ConfigError, NetworkConfig
+from dpx.core.training import NonFiniteLossError
+from dpx_torch.network import Network, default_device
+from dpx_torch.optimization import Optimization
+from dpx_torch.transformation import DataTransformation
+
+ARCHITECTURES = {"fc": "dpx_torch.fc:FC", "unet": "dpx_torch.unet:UNet"}
+FORMAT = "dpx-torch-checkpoint"
+
+
+def resolve_network_class(network_class: str | type) -> type:
+    """``"fc"``, ``"unet"``, an import path ``"package.module:Class"`` or a class."""
+    if isinstance(network_class, type):
+        return network_class
+    from dpx.plugins import Component
+
+    path = ARCHITECTURES.get(network_class, network_class)
+    if ":" not in path:
+        raise ConfigError(
+            f"NetworkConfig: unknown network_class {network_class!r}; architectures are "
+            f"{', '.join(ARCHITECTURES)}, or give a class or 'package.module:Class'"
+        )
+    return Component(path).load()
+
+
+def _resolve_class(choice: str | type | None, default: type, parameter: str, registry: str | None = None) -> type:
+    """A class given directly, by import path, or by a name registered in ``registry``."""
+    if choice is None:
+        return default
+    if isinstance(choice, type):
+        return choice
+    from dpx.plugins import Component, get_plugins
+
+    if ":" in choice:
+        return Component(choice).load()
+    if registry is not None:
+        return get_plugins().load(registry, choice)
+    raise ConfigError(f"NetworkConfig: {parameter}={choice!r} must be a class or 'package.module:Class'")
+
+
+class TorchBackend:
+    """Build, train, run, save and load one torch network for one input and one target field."""
+
+    def __init__(
+        self,
+        config: NetworkConfig,
+        fields: dict[str, tuple[np.dtype, tuple[int, ...]]],
+        normalization: dict[str, tuple[np.ndarray, np.ndarray]],
+        seed: int | None = None,
+    ) -> None:
+        if len(config.input_fields) != 1 or len(config.target_fields) != 1:
+            raise ConfigError(
+                "the torch backend trains one input field on one target field; "
+                f"got input_fields={config.input_fields}, target_fields={config.target_fields}"
+            )
+        self.config = config
+        self.input_field, self.target_field = config.input_fields[0], config.target_fields[0]
+        self.input_shape, self.target_shape = tuple(fields[self.input_field][1]), tuple(fields[self.target_field][1])
+        self.dtype = getattr(torch, config.data_type)
+        self.device = torch.device(config.device) if config.device else default_device()
+        self.architecture = config.network_class if isinstance(config.network_class, str) else (
+            f"{config.network_class.__module__}:{config.network_class.__qualname__}"
+        )
+        network_class = resolve_network_class(config.network_class)
+        if seed is not None:
+            torch.manual_seed(seed % 2**63)
+        try:
+            self.network: torch.nn.Module = network_class(
+                input_shape=self.input_shape, output_shape=self.target_shape, **config.network_kwargs
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"NetworkConfig: {self.architecture} with network_kwargs={config.network_kwargs!r}: {exc}") from exc
+        self.network.to(device=self.device, dtype=self.dtype)
+        self.normalization = {
+            name: tuple(torch.as_tensor(v, dtype=self.dtype, device=self.device) for v in pair)
+            for name, pair in normalization.items()
+        }
+        self.transformation = _resolve_class(
+            config.data_transformation, DataTransformation, "data_transformation", "transforms"
+        )(config)
+        self._check_shapes()
+        self.optimization = None
+        if config.require_training_stuff:
+            self.optimization = _resolve_class(config.optimization, Optimization, "optimization")(config, self.network)
+
+    # -- shapes ------------------------------------------------------------------------
+
+    def _check_shapes(self) -> None:
+        """One forward pass on a zero sample, so mismatches surface now, named."""
+        probe = torch.zeros((2, *self.input_shape), dtype=self.dtype, device=self.device)
+        self.network.eval()
+        try:
+            with torch.no_grad():
+                output = self.transformation.transform_before_prediction(probe)
+                output = self.network(output)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"network {self.architecture} cannot take field {self.input_field!r} with samples of shape "
+                f"{self.input_shape}: {str(exc).splitlines()[0]}"
+            ) from exc
+        if tuple(output.shape[1:]) != self.target_shape:
+            raise ConfigError(
+                f"network {self.architecture} predicts samples of shape {tuple(output.shape[1:])} but the target "
+                f"field {self.target_field!r} has samples of shape {self.target_shape}"
+            )
+
+    # -- data --------------------------------------------------------------------------
+
+    def _tensor(self, name: str, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.as_tensor(array, device=self.device).to(self.dtype)
+        norm = self.normalization.get(name)
+        if norm is not None:
+            tensor = (tensor - norm[0]) / norm[1]
+        return tensor
+
+    def _denormalize(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        norm = self.normalization.get(name)
+        return tensor * norm[1] + norm[0] if norm is not None else tensor
+
+    # -- the contract ------------------------------------------------------------------
+
+    def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
+        self.network.train()
+        prediction, ground_truth = self._forward(batch)
+        losses = self.optimization.transform_loss(self.optimization.compute_loss(prediction, ground_truth))
+        loss = losses["loss"]
+        value = float(loss.detach())
+        if not np.isfinite(value):
+            raise NonFiniteLossError(f"the loss is {value}")
+        self.optimization.optimize(loss)
+        return {"loss": value, **{k: float(v) for k, v in losses.items() if k != "loss"}}
+
+    def validation_loss(self, batch: dict[str, np.ndarray]) -> float:
+        self.network.eval()
+        with torch.no_grad():
+            prediction, ground_truth = self._forward(batch)
+            losses = self.optimization.transform_loss(self.optimization.compute_loss(prediction, ground_truth))
+        return float(losses["loss"])
+
+    def _forward(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self.transformation.transform_before_prediction(self._tensor(self.input_field, batch[self.input_field]))
+        prediction = self.network(inputs)
+        return self.transformation.transform_before_loss(prediction, self._tensor(self.target_field, batch[self.target_field]))
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.network.eval()
+        with torch.no_grad():
+            x = self.transformation.transform_before_prediction(self._tensor(self.input_field, inputs[self.input_field]))
+            prediction = self.transformation.transform_before_apply(self.network(x))
+            prediction = self._denormalize(self.target_field, prediction)
+        return {self.target_field: Network.tensor_to_numpy(prediction)}
+
+    @property
+    def learning_rate(self) -> float | None:
+        return self.optimization.learning_rate if self.optimization is not None else None
+
+    @property
+    def nb_parameters(self) -> int:
+        return sum(p.numel() for p in self.network.parameters())
+
+    def parameter_histograms(self) -> dict[str, np.ndarray]:
+        histograms = {}
+        for name, parameter in self.network.named_parameters():
+            histograms[f"weights/{name}"] = Network.tensor_to_numpy(parameter)
+            if parameter.grad is not None:
+                histograms[f"gradients/{name}"] = Network.tensor_to_numpy(parameter.grad)
+        return histograms
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    def save(self, path: Path, extra: dict[str, Any]) -> None:
+        """Write the checkpoint next to its final name, then rename: a crash never leaves half a file."""
+        checkpoint = {
+            "format": FORMAT,
+            "architecture": self.architecture,
+            "network_kwargs": dict(self.config.network_kwargs),
+            "shapes": {"input": list(self.input_shape), "target": list(self.target_shape)},
+            "state_dict": self.network.state_dict(),
+            "optimizer": self.optimization.optimizer.state_dict() if self.optimization else None,
+            "torch_rng": torch.get_rng_state(),
+            "extra": extra,
+        }
+        tmp = Path(path).with_suffix(".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def read_checkpoint(cls, path: Path) -> dict[str, Any]:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a readable dpx-torch checkpoint: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a dpx-torch checkpoint")
+        return checkpoint
+
+    @classmethod
+    def read_extra(cls, path: Path) -> dict[str, Any]:
+        return cls.read_checkpoint(path)["extra"]
+
+    def load(self, path: Path, training: bool) -> dict[str, Any]:
+        checkpoint = self.read_checkpoint(path)
+        saved = (checkpoint["architecture"], checkpoint["network_kwargs"])
+        if saved != (self.architecture, dict(self.config.network_kwargs)):
+            raise ConfigError(
+                f"{path} holds a {saved[0]} network with network_kwargs={saved[1]}, but the NetworkConfig asks for "
+                f"{self.architecture} with network_kwargs={dict(self.config.network_kwargs)}"
+            )
+        try:
+            self.network.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"{path} was saved by a network of another shape (input {checkpoint['shapes']['input']}, target "
+                f"{checkpoint['shapes']['target']}; now {list(self.input_shape)}, {list(self.target_shape)}): "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+        if training and self.optimization is not None and checkpoint.get("optimizer"):
+            self.optimization.optimizer.load_state_dict(checkpoint["optimizer"])
+            torch.set_rng_state(checkpoint["torch_rng"])
+        return checkpoint["extra"]
