@@ -134,13 +134,14 @@ class Training:
         if self.environment_config is not None:
             session = Session.for_dataset(existing, self.session_dir, self.session_name, self.new_session)
             return session, Database(session.dataset_dir, self.database_config)
-        session = Session.start(self.session_dir, self.session_name, self.new_session)
-        source = dataset_path(existing) if existing is not None else session.dataset_dir
-        if not (source / "dataset.json").exists():
+        own = Path(self.session_dir) / self.session_name / "dataset"
+        source = dataset_path(existing) if existing is not None else own
+        if not (source / "dataset.json").exists() or (existing is None and self.new_session):
             raise FileNotFoundError(
                 f"Training without an environment needs a dataset: {source} has none; "
                 "set DatabaseConfig(existing_dir=...) or give an EnvironmentConfig"
             )
+        session = Session.start(self.session_dir, self.session_name, self.new_session)
         return session, Database(source, self.database_config, readonly=True)
 
     def _resume_point(self, session: Session) -> Path | None:

@@ -1,0 +1,102 @@
+"""Training throughput through dpx against a bare PyTorch loop, and get_prediction overhead.
+
+Training: the same FC network, batch size, optimiser and samples; the bare
+loop holds the samples as tensors in memory and shuffles indices each epoch,
+dpx reads them from the session's memmap storage through the Training
+pipeline. ``get_prediction``: one sample through the environment's request
+path (NumPy in, backend, NumPy out) against calling the model directly.
+
+    .venv/bin/python benchmarks/bench_training.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import timeit
+
+import numpy as np
+import torch
+
+import dpx
+from dpx.core.database import Database
+
+CASES = {"small FC 90-64-64-3, batch 64": ([64, 64], 64), "wide FC 90-512-512-3, batch 256": ([512, 512], 256)}
+
+
+def make_dataset(folder: str, count: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    inputs = rng.random((count, 30, 3), dtype=np.float32)
+    with Database(f"{folder}/data/dataset", dpx.DatabaseConfig()) as db:
+        db.prepare("training", {"input": (np.float32, (30, 3)), "ground_truth": (np.float32, (3,))})
+        db.append("training", {"input": inputs, "ground_truth": inputs.mean(axis=1)})
+    return inputs
+
+
+def bare_loop(inputs: np.ndarray, hidden: list[int], batch_size: int, epochs: int) -> float:
+    torch.manual_seed(0)
+    layers, width = [], 90
+    for size in hidden:
+        layers += [torch.nn.Linear(width, size), torch.nn.ReLU()]
+        width = size
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(width, 3))
+    optimizer, loss_fn = torch.optim.Adam(model.parameters(), lr=1e-3), torch.nn.MSELoss()
+    x, y = torch.from_numpy(inputs), torch.from_numpy(inputs.mean(axis=1))
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for ids in torch.randperm(len(x)).split(batch_size):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[ids].flatten(1)), y[ids])
+            loss.backward()
+            optimizer.step()
+            loss.item()  # dpx logs every loss
+    return epochs * len(x) / (time.perf_counter() - start)
+
+
+def through_dpx(folder: str, hidden: list[int], batch_size: int, epochs: int, name: str) -> float:
+    network = dpx.NetworkConfig("fc", network_kwargs={"hidden": hidden}, lr=1e-3, device="cpu")
+    summary = dpx.Training(network, dpx.DatabaseConfig(existing_dir=f"{folder}/data"), session_dir=folder,
+                           session_name=name, epoch_nb=epochs, batch_size=batch_size, progress=False, seed=0).execute()
+    return summary.samples / summary.seconds
+
+
+def get_prediction_overhead(folder: str) -> tuple[float, float]:
+    """Median microseconds per call: through the request path, and the model called directly."""
+    from dpx.core.prediction import _load_network, _single
+    from dpx.core.session import Session
+
+    backend, _ = _load_network(dpx.NetworkConfig("fc", network_kwargs={"hidden": [64, 64]}), Session(f"{folder}/small"))
+    sample = np.random.default_rng(1).random((30, 3), dtype=np.float32)
+    request = lambda: _single(backend.predict({k: v[None] for k, v in {"input": sample}.items()}))  # noqa: E731
+    model = backend.network
+
+    def direct():
+        with torch.no_grad():
+            return model(torch.from_numpy(sample)[None]).numpy()
+
+    runs = [timeit.timeit(request, number=200) / 200 for _ in range(7)]
+    bare = [timeit.timeit(direct, number=200) / 200 for _ in range(7)]
+    return 1e6 * float(np.median(runs)), 1e6 * float(np.median(bare))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+    args = parser.parse_args()
+    count, epochs = (4096, 2) if args.quick else (16384, 5)
+    with tempfile.TemporaryDirectory() as folder:
+        inputs = make_dataset(folder, count)
+        print(f"{'case':34s} {'bare samples/s':>15s} {'dpx samples/s':>14s} {'ratio':>6s}")
+        for (case, (hidden, batch_size)), name in zip(CASES.items(), ("small", "wide")):
+            bare_loop(inputs, hidden, batch_size, 1)  # warm-up
+            bare = max(bare_loop(inputs, hidden, batch_size, epochs) for _ in range(2))
+            through = max(through_dpx(folder, hidden, batch_size, epochs, name) for _ in range(2))
+            print(f"{case:34s} {bare:15,.0f} {through:14,.0f} {through / bare:6.2f}")
+        request, direct = get_prediction_overhead(folder)
+        print(f"get_prediction in-process: {request:.1f} us per call, model called directly {direct:.1f} us "
+              f"(overhead {request - direct:.1f} us)")
+
+
+if __name__ == "__main__":
+    main()
