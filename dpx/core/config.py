@@ -88,7 +88,8 @@ class EnvironmentConfig:
 
     ``environment_class`` is an :class:`~dpx.Environment` subclass or a
     registered name such as ``"toy.spring"``; ``env_kwargs`` go to its
-    constructor. ``seed`` is the root of the per-sample seeds (random when
+    constructor. ``visualizer`` names a viewer (e.g. ``"vedo"``) built with
+    ``visualizer_kwargs``. ``seed`` is the root of the per-sample seeds (random when
     ``None``, and recorded in the session either way). ``non_finite`` says what
     to do with a sample holding NaN or inf: ``"error"`` stops the run, ``"drop"``
     steps again and counts the dropped sample.
@@ -105,6 +106,7 @@ class EnvironmentConfig:
     visualizer: str | None = None
     record_wrong_samples: bool = False
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    visualizer_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     non_finite: Literal["error", "drop"] = "error"
 

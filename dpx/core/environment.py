@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dpx.core.visual import VisualFactory
 
 TRAINING_FIELDS = ("input", "ground_truth")
 
@@ -121,7 +124,8 @@ class Environment:
         ``ground_truth`` with shapes and dtypes learned from the first sample."""
 
     def init_visualization(self) -> None:
-        """Describe the objects a viewer should show (only called when a viewer is configured)."""
+        """Describe the objects a viewer should show with ``self.factory`` (see
+        :mod:`dpx.core.visual`); only called when a viewer is configured."""
 
     def step(self) -> None:
         """Advance the simulation and set the data of one sample.
@@ -197,11 +201,22 @@ class Environment:
             )
         return predictor(inputs)
 
+    @property
+    def factory(self) -> VisualFactory:
+        """Where :meth:`init_visualization` describes objects and ``step`` updates them."""
+        try:
+            return self._factory
+        except AttributeError:
+            from dpx.core.visual import VisualFactory
+
+            self._factory = VisualFactory()
+            return self._factory
+
     def update_visualisation(self) -> None:
-        """Send the visual objects' new state to the viewer, if one is attached."""
+        """Send the visual objects' changes to the viewer, if one is attached (never blocks)."""
         viewer = getattr(self, "_viewer", None)
         if viewer is not None:
-            viewer(self)
+            viewer(self.instance_id, self.factory.take_updates())
 
     # -- plumbing used by dpx -----------------------------------------------------------
 
@@ -233,12 +248,13 @@ class Environment:
     def _attach(self, instance_id: int, instance_nb: int, rng: np.random.Generator) -> None:
         self.instance_id, self.instance_nb, self.rng = instance_id, instance_nb, rng
 
-    def _connect(
-        self,
-        predictor: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
-        viewer: Callable[[Environment], None] | None = None,
-    ) -> None:
-        self._predictor, self._viewer = predictor, viewer
+    def _connect(self, **hooks: Callable[..., Any] | None) -> None:
+        """Attach what dpx routes requests to: ``predictor`` (for :meth:`get_prediction`)
+        and ``viewer`` (for :meth:`update_visualisation`)."""
+        for name, hook in hooks.items():
+            if name not in ("predictor", "viewer"):
+                raise TypeError(f"unknown environment hook {name!r}")
+            setattr(self, f"_{name}", hook)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} instance {self.instance_id}/{self.instance_nb}>"

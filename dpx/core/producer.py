@@ -177,13 +177,16 @@ class SampleProducer:
 
     # -- set-up ----------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Create the environment and read its field declarations."""
+    def start(self, visual: bool = False) -> None:
+        """Create the environment and read its field declarations (and its visual
+        objects, when ``visual``)."""
         env = self.env
         self.rng.seek(env.instance_id, stream=SETUP_STREAM)
         self._call(env.create)
         self._call(env.init)
         self._call(env.init_database)
+        if visual:
+            self._call(env.init_visualization)
         self.fields = env.fields
         self._step = env.step
         if inspect.iscoroutinefunction(env.step):

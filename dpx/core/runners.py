@@ -9,6 +9,7 @@ cluster. Other runners arrive through the ``dpx_runners`` hook.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,15 @@ def make_producer(
 
 
 Predictor = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def make_visualizer(config: EnvironmentConfig) -> Any:
+    """The viewer named in ``config.visualizer``, or None."""
+    if config.visualizer is None:
+        return None
+    from dpx.plugins import get_plugins
+
+    return get_plugins().load("visualizers", config.visualizer)(**config.visualizer_kwargs)
 
 
 class Runner:
@@ -117,7 +127,12 @@ class InProcessRunner(Runner):
         self.producer = make_producer(
             self.config, self.key, on_wrong_sample=self.on_wrong_sample, optional_fields=self.optional_fields
         )
-        self.producer.start()
+        self.visualizer = make_visualizer(self.config)
+        self.producer.start(visual=self.visualizer is not None)
+        if self.visualizer is not None:
+            env = self.producer.env
+            self.visualizer.add_scene(env.instance_id, env.factory.scene())
+            env._connect(viewer=self.visualizer.update)
         return self.producer.fields
 
     def produce(self, sample_ids: np.ndarray, stream: int = 0) -> dict[str, np.ndarray]:
@@ -140,5 +155,9 @@ class InProcessRunner(Runner):
 
     def close(self) -> None:
         producer = getattr(self, "producer", None)
-        if producer is not None:
-            producer.close()
+        try:
+            if producer is not None:
+                producer.close()
+        finally:
+            if getattr(self, "visualizer", None) is not None:
+                self.visualizer.close()
