@@ -10,6 +10,9 @@ from dpx.plugins import Component
 def dpx_runners():
     return {
         "inprocess": Component("dpx.core.runners:InProcessRunner", "environments in the pipeline's own process"),
+        "multiprocess": Component(
+            "dpx.core.multiprocess:MultiprocessRunner", "environments in worker processes over authenticated sockets"
+        ),
     }
 
 

@@ -68,6 +68,16 @@ def _parser() -> argparse.ArgumentParser:
         _add_job_arguments(job)
         job.set_defaults(run=_job)
 
+    worker = commands.add_parser(
+        "worker",
+        help="run an environment for a job started elsewhere",
+        description="Join a running job as a worker: connect to its multiprocess runner (started with "
+        "runner_kwargs spawn=false), authenticate with the shared key from DPX_AUTHKEY (the hex key the job "
+        "prints), and run the environment it sends until the job ends.",
+    )
+    worker.add_argument("--connect", required=True, metavar="HOST:PORT", help="address of the job's runner")
+    worker.set_defaults(run=_worker)
+
     info = commands.add_parser(
         "info",
         help="describe a session: fields, counts, normalisation, networks",
@@ -124,6 +134,16 @@ def _dry_run(pipeline) -> int:
         get_plugins().load("network_backends", network_config.backend)
         checked.append(f"network {network_config.network_class} on backend {network_config.backend}")
     print(f"config OK: {', '.join(checked)}")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from dpx.core.worker import authkey_from_environment, run
+
+    host, sep, port = args.connect.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--connect {args.connect!r} must look like HOST:PORT")
+    run(host or "127.0.0.1", int(port), authkey_from_environment())
     return 0
 
 

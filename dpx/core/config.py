@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import json
 import os
 import tomllib
 import types
@@ -89,7 +90,8 @@ class EnvironmentConfig:
     ``environment_class`` is an :class:`~dpx.Environment` subclass or a
     registered name such as ``"toy.spring"``; ``env_kwargs`` go to its
     constructor. ``visualizer`` names a viewer (e.g. ``"vedo"``) built with
-    ``visualizer_kwargs``. ``seed`` is the root of the per-sample seeds (random when
+    ``visualizer_kwargs``; ``runner_kwargs`` are the runner's options (see
+    ``python -m dpx plugins --verbose``). ``seed`` is the root of the per-sample seeds (random when
     ``None``, and recorded in the session either way). ``non_finite`` says what
     to do with a sample holding NaN or inf: ``"error"`` stops the run, ``"drop"``
     steps again and counts the dropped sample.
@@ -107,6 +109,7 @@ class EnvironmentConfig:
     record_wrong_samples: bool = False
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     visualizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    runner_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     non_finite: Literal["error", "drop"] = "error"
 
@@ -132,9 +135,17 @@ class EnvironmentConfig:
         if isinstance(self.environment_class, type):
             return self.environment_class
         from dpx.core.environment import Environment
-        from dpx.plugins import PluginError, get_plugins
+        from dpx.plugins import Component, PluginError, UnknownComponentError, get_plugins
 
-        cls = get_plugins().load("environments", self.environment_class)
+        try:
+            cls = get_plugins().load("environments", self.environment_class)
+        except UnknownComponentError:
+            if ":" not in self.environment_class:
+                raise
+            try:  # not registered, but an import path ("package.module:Class")
+                cls = Component(self.environment_class).load()
+            except (ImportError, AttributeError) as exc:
+                raise PluginError(f"environment {self.environment_class!r}: {exc}") from exc
         if not (isinstance(cls, type) and issubclass(cls, Environment)):
             raise PluginError(f"environment {self.environment_class!r} resolves to {cls!r}, not a dpx.Environment subclass")
         return cls
@@ -143,6 +154,26 @@ class EnvironmentConfig:
     def environment_name(self) -> str:
         cls = self.environment_class
         return cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+
+    def portable(self) -> dict[str, Any]:
+        """This config as JSON values, to build the same environments in another process.
+
+        The environment class travels as its import path; ``env_kwargs`` must be
+        JSON values (tuples arrive as lists).
+        """
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        record["environment_class"] = self.environment_name
+        record["visualizer"] = None
+        record["visualizer_kwargs"] = {}
+        for key, value in self.env_kwargs.items():
+            try:
+                json.dumps(value, allow_nan=True)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"EnvironmentConfig: env_kwargs[{key!r}]={value!r} cannot be sent to worker processes: "
+                    "only JSON values (numbers, strings, booleans, lists, dicts) can"
+                ) from None
+        return json.loads(json.dumps(record))
 
 
 @dataclass

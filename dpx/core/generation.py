@@ -139,15 +139,15 @@ class DataGeneration:
                 if interrupted:
                     log.warning("dpx: interrupted; %d %s samples are stored in %s. Run again with "
                                 "new_session=False to resume.", database.count(mode), mode, session.path)
-        stats = getattr(getattr(runner, "producer", None), "stats", None)
+        stats = runner.stats
         return GenerationSummary(
             session.path,
             mode,
             produced,
             database.count(mode),
             progress.elapsed,
-            refused=getattr(stats, "refused", 0),
-            non_finite=getattr(stats, "non_finite", 0),
+            refused=stats.get("refused", 0),
+            non_finite=stats.get("non_finite", 0),
         )
 
     def _open_session(self) -> Session:

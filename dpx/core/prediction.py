@@ -145,9 +145,10 @@ class Prediction:
             runner.start()
             runner.connect(lambda request: _single(backend.predict({k: v[None] for k, v in request.items()})))
             stream = MODE_STREAMS["prediction"]
+            instances = runner.instance_nb  # each step, every environment makes one sample
             for step in itertools.count() if self.step_nb == -1 else range(self.step_nb):
                 started = time.perf_counter()
-                batch = runner.produce(np.array([step]), stream)
+                batch = runner.produce(np.arange(step * instances, (step + 1) * instances), stream, pinned=True)
                 environment_time += time.perf_counter() - started
                 started = time.perf_counter()
                 prediction = backend.predict({name: batch[name] for name in inputs})[target]
@@ -158,7 +159,7 @@ class Prediction:
                     if step == 0:
                         database.prepare("prediction", {n: (a.dtype, a.shape[1:]) for n, a in record.items()})
                     database.append("prediction", record)
-                    recorded += 1
+                    recorded += instances
                 started = time.perf_counter()
                 runner.apply(prediction)
                 environment_time += time.perf_counter() - started

@@ -83,12 +83,22 @@ class Runner:
         """Build and initialise the environments; return their declared fields."""
         raise NotImplementedError
 
-    def produce(self, sample_ids: np.ndarray, stream: int = 0) -> dict[str, np.ndarray]:
+    #: How many environments run (row ``i`` of a pinned batch comes from environment ``i``).
+    instance_nb = 1
+
+    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
         """Produce samples ``sample_ids`` of ``stream``, as arrays by field.
 
         The arrays must stay valid until the call after next: the pipeline
-        stores a batch while the next one is being produced.
+        stores a batch while the next one is being produced. ``pinned`` asks
+        for sample ``i`` from environment ``i`` (prediction steps every
+        environment once and hands each its own prediction back).
         """
+        raise NotImplementedError
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts of produced, refused and non-finite samples, over every environment."""
         raise NotImplementedError
 
     @property
@@ -135,8 +145,12 @@ class InProcessRunner(Runner):
             env._connect(viewer=self.visualizer.update)
         return self.producer.fields
 
-    def produce(self, sample_ids: np.ndarray, stream: int = 0) -> dict[str, np.ndarray]:
+    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
         return self.producer.produce(sample_ids, stream)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return vars(self.producer.stats)
 
     @property
     def fields(self) -> dict[str, Field]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -117,29 +119,26 @@ def test_save_each_epoch_and_which_network(tmp_path):
     assert not np.allclose(predictions, last)
 
 
-class Asking(dpx.Environment):
-    """Asks the network from inside step(), as a DeepPhysX environment may."""
+@pytest.mark.parametrize(("runner", "workers"), [("inprocess", 1), ("multiprocess", 2)])
+def test_get_prediction_from_inside_step(tmp_path, monkeypatch, runner, workers):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # worker processes import the environment by path
+    from torch_envs import Asking
 
-    def init_database(self):
-        self.define_training_fields(("input", np.float32, (5, 3)), ("ground_truth", np.float32, (3,)))
-
-    def step(self):
-        cloud = self.rng.random((5, 3), dtype=np.float32)
-        self.answer = self.get_prediction(input=cloud)["prediction"]
-        self.set_training_data(input=cloud, ground_truth=cloud.mean(axis=0))
-
-    def apply_prediction(self, prediction):
-        assert prediction["prediction"].shape == (3,)
-        np.testing.assert_allclose(prediction["prediction"], self.answer, rtol=1e-5)
-        self.applied = getattr(self, "applied", 0) + 1
-
-
-def test_get_prediction_from_inside_step(tmp_path):
     dataset = generate(tmp_path, "toy.mean", batch_nb=4, n_points=5)
     train(tmp_path, dataset, FC, epoch_nb=1).execute()
-    summary = dpx.Prediction(FC, dpx.EnvironmentConfig(Asking, seed=0), session_dir=str(tmp_path), session_name="net",
-                             step_nb=5, progress=False).execute()
-    assert summary.steps == 5
+    config = dpx.EnvironmentConfig(Asking, seed=0, runner=runner, workers=workers)
+    summary = dpx.Prediction(FC, config, session_dir=str(tmp_path), session_name="net", step_nb=5, record=True,
+                             progress=False).execute()
+    assert summary.steps == 5 and summary.recorded == 5 * workers
+
+
+def test_online_training_and_prediction_with_worker_processes(tmp_path):
+    env = dpx.EnvironmentConfig("toy.spring", seed=0, runner="multiprocess", workers=2)
+    summary = dpx.Training(FC, dpx.DatabaseConfig(normalize=True), env, session_dir=str(tmp_path), session_name="net",
+                           epoch_nb=4, batch_nb=25, batch_size=64, progress=False, seed=0).execute()
+    assert dpx.open_database(summary.session_path).count() == 1600
+    predicted = dpx.Prediction(FC, env, session_dir=str(tmp_path), session_name="net", step_nb=20, progress=False).execute()
+    assert predicted.error.count == 40 and predicted.error.relative_error < 0.5
 
 
 # -- bad input ---------------------------------------------------------------------------

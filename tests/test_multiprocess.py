@@ -1,0 +1,184 @@
+"""The multiprocess runner: real worker processes, real sockets, real failures."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import AuthenticationError, Client
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dpx
+from dpx.core.config import ConfigError
+from dpx.core.multiprocess import MultiprocessRunner, WorkerError
+from dpx.core.producer import resolve_seed
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(autouse=True)
+def importable_envs(monkeypatch):
+    """Worker processes import environments by path: make this folder importable (spawn passes sys.path)."""
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+def generate(tmp_path, name, runner="multiprocess", workers=2, batch_nb=4, batch_size=50, **kwargs):
+    from worker_envs import Noise
+
+    kwargs.setdefault("environment_class", Noise)
+    config = dpx.EnvironmentConfig(runner=runner, workers=workers, seed=11, **kwargs)
+    return dpx.DataGeneration(config, session_dir=str(tmp_path), session_name=name, batch_nb=batch_nb,
+                              batch_size=batch_size, progress=False).execute()
+
+
+def dataset(summary) -> np.ndarray:
+    return dpx.open_database(summary.session_path).read()["input"]
+
+
+def test_same_dataset_for_any_number_of_workers(tmp_path):
+    reference = dataset(generate(tmp_path, "inprocess", runner="inprocess", workers=1))
+    for workers in (1, 3):
+        assert np.array_equal(dataset(generate(tmp_path, f"w{workers}", workers=workers)), reference)
+    chunked = generate(tmp_path, "chunks", runner_kwargs={"chunk_size": 7})
+    assert np.array_equal(dataset(chunked), reference)
+
+
+def test_env_kwargs_must_travel(tmp_path):
+    with pytest.raises(ConfigError, match=r"env_kwargs\['shape'\]=<object object .*> cannot be sent to worker processes"):
+        generate(tmp_path, "bad", env_kwargs={"shape": object()})
+    assert generate(tmp_path, "tuple", env_kwargs={"shape": (2, 3)}).total == 200  # tuples arrive as lists
+
+
+@pytest.mark.parametrize("how", ["raise", "kill", "hang"])
+def test_a_failing_worker_is_restarted_and_nothing_is_lost(tmp_path, how, caplog):
+    from worker_envs import Faulty
+
+    reference = dataset(generate(tmp_path, "reference", runner="inprocess", workers=1,
+                                 environment_class=Faulty, env_kwargs={"how": how, "threshold": 99.0}))
+    marker = tmp_path / f"{how}.marker"
+    with caplog.at_level(logging.WARNING, logger="dpx.multiprocess"):
+        summary = generate(tmp_path, how, environment_class=Faulty, env_kwargs={"how": how, "marker": str(marker)},
+                           runner_kwargs={"timeout": 3.0})
+    assert marker.exists(), "the failure was not injected"
+    assert np.array_equal(dataset(summary), reference), "samples lost, duplicated or half-written"
+    expected = {"raise": "FloatingPointError('the solver diverged')", "kill": "died with exit code -9",
+                "hang": "hung: no answer within timeout=3s"}[how]
+    assert expected in caplog.text and "restart 1 of 3" in caplog.text
+
+
+def test_a_worker_failing_every_time_stops_the_run_cleanly(tmp_path):
+    from worker_envs import Faulty
+
+    with pytest.raises(WorkerError) as raised:
+        generate(tmp_path, "doomed", environment_class=Faulty, env_kwargs={"how": "raise", "always": True},
+                 batch_nb=20, runner_kwargs={"max_restarts": 2})
+    message = str(raised.value)
+    assert "FloatingPointError('the solver diverged')" in message and "in break_down" in message
+    assert "max_restarts=2 reached" in message
+    stored = dpx.open_database(tmp_path / "doomed")
+    assert stored.count() % 50 == 0 and np.isfinite(stored.read()["input"]).all()
+
+
+def start_waiting_runner(runner_kwargs):
+    """A runner waiting for hand-started workers, started in a thread."""
+    from worker_envs import Noise
+
+    config = dpx.EnvironmentConfig(Noise, runner="multiprocess", workers=1, seed=1,
+                                   runner_kwargs={"spawn": False, **runner_kwargs})
+    runner = MultiprocessRunner(config, resolve_seed(1)[1])
+    outcome: dict = {}
+
+    def start():
+        try:
+            runner.start()
+        except Exception as exc:  # reported to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    while not hasattr(runner, "address") and thread.is_alive():
+        time.sleep(0.01)
+    return runner, thread, outcome
+
+
+def test_hand_started_worker_joins_and_a_wrong_key_is_refused(tmp_path, caplog):
+    key = os.urandom(32).hex()
+    with caplog.at_level(logging.WARNING, logger="dpx.multiprocess"):
+        runner, thread, outcome = start_waiting_runner({"authkey": key, "timeout": 30})
+        with pytest.raises(AuthenticationError):
+            Client(tuple(runner.address), authkey=b"not the key")
+        env = {**os.environ, "DPX_AUTHKEY": key, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+        worker = subprocess.Popen([sys.executable, "-m", "dpx", "worker", "--connect", "%s:%d" % tuple(runner.address)],
+                                  env=env)
+        thread.join(30)
+    try:
+        assert "error" not in outcome, outcome
+        batch = runner.produce(np.arange(10))
+        assert batch["input"].shape == (10, 3)
+        assert "refused a connection" in caplog.text
+    finally:
+        runner.close()
+        assert worker.wait(10) == 0
+
+
+def test_malformed_message_from_an_authenticated_peer(tmp_path):
+    key = os.urandom(32).hex()
+    runner, thread, outcome = start_waiting_runner({"authkey": key, "timeout": 10, "max_restarts": 0})
+    peer = Client(tuple(runner.address), authkey=bytes.fromhex(key))
+    peer.recv_bytes()  # init
+    peer.send_bytes(b"\x00 this is not json")
+    thread.join(10)
+    runner.close()
+    assert isinstance(outcome.get("error"), WorkerError)
+    assert "sent a malformed message" in str(outcome["error"])
+
+
+def test_worker_that_never_connects_times_out():
+    runner, thread, outcome = start_waiting_runner({"timeout": 0.5})
+    thread.join(10)
+    runner.close()
+    assert "worker 0 did not connect within 0.5s" in str(outcome.get("error"))
+
+
+def test_port_already_in_use(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"cannot listen on 127.0.0.1:{port}"):
+            generate(tmp_path, "busy", runner_kwargs={"port": port})
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['workers'\]"):
+        generate(tmp_path, "typo", runner_kwargs={"workers": 2})
+
+
+def test_ctrl_c_leaves_no_orphan_and_a_resumable_session(tmp_path):
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import dpx\n"
+        "from worker_envs import Slow\n"
+        "config = dpx.EnvironmentConfig(Slow, runner='multiprocess', workers=2, seed=0)\n"
+        "dpx.DataGeneration(config, session_dir=%r, session_name='s', batch_nb=1000, batch_size=10, progress=False).execute()\n"
+    ) % (str(TESTS), str(tmp_path))
+    job = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listing = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(job.pid)], capture_output=True, text=True)
+        children = [line.split()[0] for line in listing.stdout.splitlines() if "resource_tracker" not in line]
+        if len(children) >= 2 and (tmp_path / "s" / "dataset" / "dataset.json").exists():
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=30)
+    assert job.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert "Run again with new_session=False to resume" in stderr
+    time.sleep(0.5)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert not alive, f"orphan worker processes {alive}"
+    assert dpx.open_database(tmp_path / "s").count() > 0
