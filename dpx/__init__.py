@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from dpx.hookspecs import hookimpl
-from dpx.plugins import Component
+from dpx.plugins import Component, PluginUnavailable
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,7 @@ _LAZY = {
     "Session": "dpx.core.session",
 }
 
-__all__ = ["Component", "hookimpl", "__version__", *_LAZY]
+__all__ = ["Component", "PluginUnavailable", "hookimpl", "__version__", *_LAZY]
 
 if TYPE_CHECKING:
     from dpx.core.config import ConfigError, DatabaseConfig, EnvironmentConfig, NetworkConfig

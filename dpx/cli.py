@@ -185,7 +185,7 @@ def _plugins(args: argparse.Namespace) -> int:
     table = []
     for info in rows:
         dist = f"{info.distribution} {info.version}" if info.distribution and info.version else info.distribution or "-"
-        status = info.status if info.status != "error" else f"error: {info.error}"
+        status = f"{info.status}: {info.error}" if info.error else info.status
         provides = [
             f"{registry}: {', '.join(sorted(offers))}" for registry, offers in info.provides.items() if offers
         ] or ["-"]

@@ -42,6 +42,15 @@ class PluginError(Exception):
     """A plugin could not be loaded, or a name could not be resolved."""
 
 
+class PluginUnavailable(PluginError):
+    """Raise from a plugin (at import or in a hook) when something it needs outside
+    Python's reach is missing, e.g. a simulator installed separately.
+
+    The plugin is listed as ``unavailable`` with the message, without the
+    warning a broken plugin gets, and strict mode does not fail on it.
+    """
+
+
 class UnknownComponentError(PluginError, LookupError):
     """No installed plugin offers the requested name."""
 
@@ -83,7 +92,7 @@ class PluginInfo:
     source: str  # "builtin", "entry point" or "DPX_PLUGINS"
     distribution: str | None = None
     version: str | None = None
-    status: str = "ok"  # "ok", "error" or "disabled"
+    status: str = "ok"  # "ok", "error", "unavailable" or "disabled"
     error: str | None = None
     #: registry name (e.g. "environments") -> {component name: component}
     provides: dict[str, dict[str, Component]] = field(default_factory=dict)
@@ -260,6 +269,8 @@ class Plugins:
                     continue
                 try:
                     result = impl.function()
+                except PluginUnavailable:
+                    raise
                 except Exception as exc:
                     raise PluginError(f"dpx_{registry}() raised {_describe(exc)}") from exc
                 offers[registry] = self._as_components(registry, result)
@@ -282,8 +293,12 @@ class Plugins:
         return components
 
     def _fail(self, info: PluginInfo, reason: str, exc: BaseException) -> None:
-        info.status, info.error = "error", reason
         self.plugins[info.name] = info
+        if isinstance(exc, PluginUnavailable):
+            info.status, info.error = "unavailable", str(exc)
+            log.info("dpx: plugin %r unavailable: %s", info.name, info.error)
+            return
+        info.status, info.error = "error", reason
         if self.strict:
             raise PluginError(f"plugin {info.name!r} ({info.module}): {reason}") from exc
         log.warning("dpx: plugin %r skipped: %s", info.name, reason)

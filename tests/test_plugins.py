@@ -89,8 +89,20 @@ def test_plugin_raising_at_import_is_an_error_row_and_strict_mode_raises(site, m
     assert plugins.plugins["boom"].status == "error"
     assert "RuntimeError: no licence" in plugins.plugins["boom"].error
     monkeypatch.setenv("DPX_STRICT_PLUGINS", "1")
+    monkeypatch.setenv("DPX_PLUGINS", "")
     with pytest.raises(PluginError, match="boom.*no licence"):
-        Plugins()
+        Plugins(disabled=[name for name in Plugins(strict=False).plugins if name != "boom"])
+
+
+def test_unavailable_plugin_is_listed_without_failing_strict_mode(site):
+    source = "import dpx\n@dpx.hookimpl\ndef dpx_environments():\n    raise dpx.PluginUnavailable('FooSim is not installed')\n"
+    make_distribution(site, "dpx-foo", {"foo": "foo_plugin"}, {"foo_plugin": source})
+    others = [name for name in Plugins(strict=False).plugins if name != "foo"]
+    info = Plugins(strict=True, disabled=others).plugins["foo"]
+    assert (info.status, info.error) == ("unavailable", "FooSim is not installed")
+    result = run_cli("plugins", pythonpath=site)
+    row = next(line for line in result.stdout.splitlines() if line.startswith("foo"))
+    assert "unavailable: FooSim is not installed" in row and "foo" not in result.stderr
 
 
 def test_misspelled_hook_is_reported_with_the_right_name():
