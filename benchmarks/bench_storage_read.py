@@ -43,7 +43,7 @@ def bare(folder: Path, shape: tuple[int, ...], count: int, order: np.ndarray) ->
     for first in range(0, len(order), BATCH):
         ids = order[first : first + BATCH]
         for name, mapped in maps.items():
-            np.take(mapped, ids, axis=0, out=out[name][: len(ids)])
+            np.take(mapped, ids, axis=0, out=out[name][: len(ids)], mode="clip")  # the fastest bare gather
     return len(order) / (time.perf_counter() - start)
 
 

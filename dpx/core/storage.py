@@ -40,6 +40,8 @@ INDEX = "dataset.json"
 PREVIOUS_INDEX = "dataset.json.prev"
 FORMAT = "dpx-dataset"
 FORMAT_VERSION = 1
+#: From this size on, samples spread over several partitions are gathered one by one.
+LARGE_SAMPLE_BYTES = 4096
 
 
 class StorageError(RuntimeError):
@@ -310,7 +312,14 @@ class MemmapStorage:
                 )
         size = f.partition_samples
         if count <= size:  # one partition: the common case
-            return np.take(self._map(mode, name, 0, f, count), indices, axis=0, out=out)
+            # mode="clip": bounds are checked above, and the default mode copies through a temporary
+            return np.take(self._map(mode, name, 0, f, count), indices, axis=0, out=out, mode="clip")
+        if f.sample_bytes >= LARGE_SAMPLE_BYTES:  # one plain copy per sample beats fancy indexing's temporaries
+            parts, local = np.divmod(indices, size)
+            maps = [self._map(mode, name, part, f, count) for part in range(int(parts.max()) + 1)]
+            for row, (part, index) in enumerate(zip(parts.tolist(), local.tolist())):
+                out[row] = maps[part][index]
+            return out
         parts = indices // size
         for part in np.unique(parts):
             rows = np.flatnonzero(parts == part)
@@ -327,8 +336,8 @@ class MemmapStorage:
         count = self.count(mode)
         if 0 < count <= f.partition_samples:
             mapped = self._map(mode, name, 0, f, count)
-            return lambda indices, out: np.take(mapped, indices, axis=0, out=out)
-        return lambda indices, out: self.read(mode, name, indices, out, checked=True)
+            return lambda indices, out: np.take(mapped, indices, axis=0, out=out, mode="clip")
+        return lambda indices, out: self.read(mode, name, np.asarray(indices), out, checked=True)
 
     def _map(self, mode: str, name: str, part: int, f: FieldLayout, count: int) -> np.ndarray:
         """The memory map of a partition, covering its committed samples."""

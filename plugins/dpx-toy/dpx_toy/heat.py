@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 import dpx
-from dpx_toy._checks import float_range, int_at_least, positive_float, positive_int
+from dpx.checks import float_range, int_at_least, positive_float, positive_int
 
 #: Largest ``diffusivity * dt / dx**2`` for which the explicit 5-point scheme is stable in 2D.
 CFL_LIMIT = 0.25

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import dpx
-from dpx_toy._checks import positive_int
+from dpx.checks import positive_int
 
 
 class Mean(dpx.Environment):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 import dpx
-from dpx_toy._checks import float_range, positive_float
+from dpx.checks import float_range, positive_float
 
 #: Order of the values in the ``input`` field (and in :attr:`Spring.state`).
 INPUT_ORDER = ("displacement", "velocity", "stiffness", "mass", "damping")
