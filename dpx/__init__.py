@@ -43,7 +43,12 @@ if TYPE_CHECKING:
     from dpx.core.session import Session
 
 
+_SUBMODULES = ("checks", "testing", "plugins")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"dpx.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'dpx' has no attribute {name!r}")

@@ -11,9 +11,10 @@ class DampedPendulum(dpx.Environment):
     """Input: angle, angular velocity and length; ground truth: the angle ``dt`` later."""
 
     def __init__(self, dt: float = 0.05, damping: float = 0.1, substeps: int = 20):
-        if dt <= 0:
-            raise ValueError(f"DampedPendulum: dt={dt!r} must be positive")
-        self.dt, self.damping, self.substeps = dt, damping, substeps
+        # parameters come from env_kwargs, often typed in a TOML file: errors name them
+        self.dt = dpx.checks.positive_float("dt", dt)
+        self.damping = dpx.checks.number("damping", damping, minimum=0.0)
+        self.substeps = dpx.checks.positive_int("substeps", substeps)
 
     def init_database(self):
         self.define_training_fields(("input", np.float32, (3,)), ("ground_truth", np.float32, (1,)))
