@@ -182,3 +182,36 @@ def test_ctrl_c_leaves_no_orphan_and_a_resumable_session(tmp_path):
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
     assert not alive, f"orphan worker processes {alive}"
     assert dpx.open_database(tmp_path / "s").count() > 0
+
+
+class Recorder:
+    """A visualizer that keeps what reaches it from the workers."""
+
+    def __init__(self):
+        self.scenes, self.updates = {}, []
+
+    def add_scene(self, instance_id, objects):
+        self.scenes[instance_id] = objects
+
+    def update(self, instance_id, updates):
+        self.updates.append((instance_id, updates))
+
+    def close(self):
+        pass
+
+
+def test_visual_objects_travel_from_workers_to_the_viewer(tmp_path, dpx_plugin):
+    from worker_envs import Moving
+
+    recorder = Recorder()
+    module = type(sys)("recorder_plugin")
+    module.dpx_visualizers = dpx.hookimpl(lambda: {"recorder": "test_multiprocess_viewer:make"})
+    dpx_plugin(module, name="recorder")
+    sys.modules["test_multiprocess_viewer"] = type(sys)("test_multiprocess_viewer")
+    sys.modules["test_multiprocess_viewer"].make = lambda: recorder
+    summary = generate(tmp_path, "visual", environment_class=Moving, visualizer="recorder", batch_nb=2, batch_size=10)
+    assert sorted(recorder.scenes) == [0, 1] and recorder.scenes[1][0]["kind"] == "points"
+    assert len(recorder.updates) == 20 and {instance for instance, _ in recorder.updates} == {0, 1}
+    shown = np.stack([updates[0]["positions"] for _, updates in recorder.updates])
+    stored = dpx.open_database(summary.session_path).read()["input"]
+    assert sorted(map(bytes, shown)) == sorted(map(bytes, stored)), "every stored sample was shown once"

@@ -50,3 +50,16 @@ class Slow(Noise):
     def step(self):
         time.sleep(0.01)
         super().step()
+
+
+class Moving(dpx.Environment):
+    """Shows a point cloud and moves it every step."""
+
+    def init_visualization(self):
+        self.cloud = self.factory.add_points(np.zeros((2, 3)))
+
+    def step(self):
+        x = self.rng.random((2, 3))
+        self.factory.update(self.cloud, positions=x)
+        self.update_visualisation()
+        self.set_training_data(input=x, ground_truth=x.sum(keepdims=True))

@@ -1,0 +1,56 @@
+"""The Network base class and the architectures, on their own."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from dpx_torch.fc import FC
+from dpx_torch.network import Network
+from dpx_torch.unet import UNet
+
+
+def test_network_api_round_trips_parameters_safely(tmp_path):
+    net = FC(input_shape=(4, 3), output_shape=(3,), hidden=[8])
+    assert net.nb_parameters() == 12 * 8 + 8 + 8 * 3 + 3
+    assert net.set_device("cpu") == torch.device("cpu")
+    x = np.random.default_rng(0).random((5, 4, 3), dtype=np.float32)
+    tensor = net.numpy_to_tensor(x)
+    assert tensor.data_ptr() == torch.from_numpy(x).data_ptr(), "no copy on CPU"
+    before = Network.tensor_to_numpy(net.predict(tensor))
+    net.save_parameters(tmp_path / "fc.pt")
+    other = FC(input_shape=(4, 3), output_shape=(3,), hidden=[8])
+    other.load_parameters(tmp_path / "fc.pt")
+    np.testing.assert_array_equal(Network.tensor_to_numpy(other.predict(tensor)), before)
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(print, protocol=2))  # a pickle that would run code
+    with pytest.raises(pickle.UnpicklingError):
+        other.load_parameters(tmp_path / "evil.pt")
+
+
+def test_set_train_and_eval_switch_dropout():
+    net = FC(input_shape=(10,), output_shape=(10,), hidden=[256], dropout=0.5)
+    x = torch.ones(1, 10)
+    net.set_eval()
+    assert torch.equal(net(x), net(x))
+    net.set_train()
+    assert not torch.equal(net(x), net(x))
+
+
+@pytest.mark.parametrize(("shape", "depth"), [((2, 20, 12), 2), ((1, 9, 10, 7), 2), ((3, 16, 16), 3)])
+def test_unet_keeps_the_grid_in_2d_and_3d_even_when_not_a_power_of_two(shape, depth):
+    net = UNet(input_shape=shape, output_shape=(1, *shape[1:]), depth=depth, first_channels=4)
+    out = net(torch.zeros(2, *shape))
+    assert out.shape == (2, 1, *shape[1:])
+    assert net.dims == len(shape) - 1
+
+
+def test_architecture_errors_name_the_shapes():
+    with pytest.raises(ValueError, match=r"dim_layers ends with 4 outputs but the target field's samples have shape \(3,\)"):
+        FC(input_shape=(2,), output_shape=(3,), dim_layers=[2, 4])
+    with pytest.raises(ValueError, match=r"unknown activation 'swish'"):
+        FC(input_shape=(2,), output_shape=(3,), activation="swish")
+    with pytest.raises(ValueError, match=r"target field's grid \(8, 8\) must match the input field's grid \(16, 16\)"):
+        UNet(input_shape=(1, 16, 16), output_shape=(1, 8, 8))
