@@ -46,8 +46,11 @@ def positive_float(name: str, value: Any) -> float:
     return number(name, value, minimum=0.0, strict=True)
 
 
-def float_range(name: str, value: Any, *, minimum: float = -math.inf, strict: bool = False) -> tuple[float, float]:
-    """``value`` as ``(low, high)`` with ``minimum <= low <= high`` (``minimum < low`` when ``strict``)."""
+def float_range(
+    name: str, value: Any, *, minimum: float = -math.inf, maximum: float = math.inf, strict: bool = False
+) -> tuple[float, float]:
+    """``value`` as ``(low, high)`` with ``minimum <= low <= high <= maximum``
+    (``minimum < low`` when ``strict``)."""
     try:
         low, high = value
     except (TypeError, ValueError):
@@ -57,6 +60,8 @@ def float_range(name: str, value: Any, *, minimum: float = -math.inf, strict: bo
         raise ValueError(f"{name} must have low <= high, got {value!r}")
     if low < minimum or (strict and low == minimum):
         raise ValueError(f"{name} values must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    if high > maximum:
+        raise ValueError(f"{name} values must be <= {maximum:g}, got {value!r}")
     return low, high
 
 
