@@ -20,22 +20,21 @@ exit code); its chunk is discarded and redone, and it is restarted, up to
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge, wait
 from typing import Any
 
 import numpy as np
 
 from dpx.core import transport
-from dpx.core.config import ConfigError, EnvironmentConfig
+from dpx.core.config import ConfigError
 from dpx.core.environment import Field
 from dpx.core.producer import BUFFERS
-from dpx.core.runners import Runner, make_visualizer
+from dpx.core.runners import Runner, cut_batch, make_visualizer, parse_options
 from dpx.core.worker import run as run_worker
 
 log = logging.getLogger("dpx.multiprocess")
@@ -57,16 +56,9 @@ class MultiprocessOptions:
     timeout: float = 120.0
     chunk_size: int | None = None
 
-    @classmethod
-    def parse(cls, options: dict[str, Any]) -> MultiprocessOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"runner_kwargs: unknown option(s) {unknown} for the multiprocess runner; options: {sorted(known)}")
-        parsed = cls(**options)
-        if parsed.max_restarts < 0 or parsed.timeout <= 0 or (parsed.chunk_size is not None and parsed.chunk_size < 1):
-            raise ConfigError(f"runner_kwargs: invalid {options!r}")
-        return parsed
+    def __post_init__(self) -> None:
+        if self.max_restarts < 0 or self.timeout <= 0 or (self.chunk_size is not None and self.chunk_size < 1):
+            raise ValueError("max_restarts must be >= 0, timeout > 0 and chunk_size >= 1")
 
 
 class _Worker:
@@ -89,7 +81,7 @@ class MultiprocessRunner(Runner):
     """Run ``workers`` environments in worker processes."""
 
     def start(self) -> dict[str, Field]:
-        self.options = MultiprocessOptions.parse(self.config.runner_kwargs)
+        self.options = parse_options(MultiprocessOptions, self.config.runner_kwargs, "multiprocess")
         self.portable = self.config.portable()
         self.authkey = bytes.fromhex(self.options.authkey) if self.options.authkey else transport.new_authkey()
         self.instance_nb = self.config.workers
@@ -233,13 +225,7 @@ class MultiprocessRunner(Runner):
         if batch and len(next(iter(batch.values()))) < count:
             batch.clear()  # allocated again, larger, as the chunks arrive
         self._turn = (self._turn + 1) % BUFFERS
-        if pinned:
-            if count > self.instance_nb:
-                raise ValueError(f"{count} pinned samples for {self.instance_nb} workers")
-            chunks = [(row, row + 1) for row in range(count)]
-        else:
-            size = self.options.chunk_size or max(1, math.ceil(count / (2 * self.instance_nb)))
-            chunks = [(row, min(row + size, count)) for row in range(0, count, size)]
+        chunks = cut_batch(count, self.instance_nb, self.options.chunk_size, pinned)
         self._run_chunks(deque(chunks), sample_ids, stream, batch, count, pinned)
         return {name: array[:count] for name, array in batch.items()}
 

@@ -8,8 +8,10 @@ cluster. Other runners arrive through the ``dpx_runners`` hook.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -51,6 +53,39 @@ def make_producer(
 
 
 Predictor = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+Options = TypeVar("Options")
+
+
+def parse_options(cls: type[Options], options: dict[str, Any], runner: str) -> Options:
+    """Build a runner's options dataclass from ``runner_kwargs``, naming unknown keys
+    (a typo in a runner option must not be silently ignored)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"runner_kwargs: unknown option(s) {unknown} for the {runner} runner; options: {sorted(known)}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"runner_kwargs for the {runner} runner: {exc}") from exc
+
+
+def cut_batch(count: int, instance_nb: int, chunk_size: int | None = None, pinned: bool = False) -> list[tuple[int, int]]:
+    """Rows ``(first, last)`` of a batch of ``count`` samples, one chunk per remote call.
+
+    Chunks are consecutive rows, so one call carries several samples and its
+    arrays land in one slice of the batch. By default a batch is cut into two
+    chunks per environment: enough to keep every environment busy when some are
+    slower, few enough that the per-call cost stays small. ``pinned`` gives row
+    ``i`` alone to environment ``i``.
+    """
+    if pinned:
+        if count > instance_nb:
+            raise ValueError(f"{count} pinned samples for {instance_nb} environments")
+        return [(row, row + 1) for row in range(count)]
+    size = chunk_size or max(1, math.ceil(count / (2 * instance_nb)))
+    return [(row, min(row + size, count)) for row in range(0, count, size)]
 
 
 def make_visualizer(config: EnvironmentConfig) -> Any:
