@@ -335,7 +335,8 @@ class _Run:
         self.step += 1
         self.samples += len(next(iter(batch.values())))
         self.stats.batch(self.step, loss, metrics, self.backend.learning_rate)
-        self.progress.update(1, loss=f"{loss:.4g}")
+        online = {"replayed": self.replayed, "waited": self.starved} if self.feed is not None else {}
+        self.progress.update(1, loss=f"{loss:.4g}", **online)
         return loss
 
     def _validation_loss(self) -> float | None:
