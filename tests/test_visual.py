@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,18 +51,10 @@ class Recorder:
         self.closed = True
 
 
-class Moving(dpx.Environment):
-    def init_visualization(self):
-        self.cloud = self.factory.add_points(np.zeros((2, 3)))
+def test_environments_feed_the_configured_viewer(tmp_path, dpx_plugin, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from worker_envs import Moving
 
-    def step(self):
-        x = self.rng.random((2, 3))
-        self.factory.update(self.cloud, positions=x)
-        self.update_visualisation()
-        self.set_training_data(input=x, ground_truth=x.sum(keepdims=True))
-
-
-def test_environments_feed_the_configured_viewer(tmp_path, dpx_plugin):
     module = type(sys)("recorder_plugin")
     module.dpx_visualizers = dpx.hookimpl(lambda: {"recorder": f"{__name__}:Recorder"})
     dpx_plugin(module, name="recorder")
@@ -77,7 +70,7 @@ def test_environments_feed_the_configured_viewer(tmp_path, dpx_plugin):
 
 
 def test_no_viewer_means_no_visualisation_calls(tmp_path):
-    class Strict(Moving):
+    class Strict(dpx.Environment):
         def init_visualization(self):
             raise AssertionError("init_visualization must not run without a viewer")
 
