@@ -215,3 +215,14 @@ def test_visual_objects_travel_from_workers_to_the_viewer(tmp_path, dpx_plugin):
     shown = np.stack([updates[0]["positions"] for _, updates in recorder.updates])
     stored = dpx.open_database(summary.session_path).read()["input"]
     assert sorted(map(bytes, shown)) == sorted(map(bytes, stored)), "every stored sample was shown once"
+
+
+def test_refused_samples_are_recorded_from_workers_too(tmp_path):
+    from worker_envs import Picky
+
+    local = generate(tmp_path, "local", runner="inprocess", workers=1, environment_class=Picky, record_wrong_samples=True)
+    remote = generate(tmp_path, "remote", environment_class=Picky, record_wrong_samples=True)
+    assert np.array_equal(dataset(local), dataset(remote))
+    names = [sorted(p.name for p in (s.session_path / "dataset" / "wrong_samples").glob("*.npz")) for s in (local, remote)]
+    assert remote.refused == local.refused == len(names[1]) > 0
+    assert {n.split("_")[0] for n in names[0]} == {n.split("_")[0] for n in names[1]}

@@ -63,3 +63,10 @@ class Moving(dpx.Environment):
         self.factory.update(self.cloud, positions=x)
         self.update_visualisation()
         self.set_training_data(input=x, ground_truth=x.sum(keepdims=True))
+
+
+class Picky(Noise):
+    """Refuses samples whose first value is negative."""
+
+    def check_sample(self):
+        return float(self.sample["input"][0]) > 0

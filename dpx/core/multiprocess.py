@@ -154,6 +154,7 @@ class MultiprocessRunner(Runner):
             "instance_nb": self.instance_nb,
             "optional_fields": sorted(self.optional_fields),
             "visual": self.visualizer is not None,
+            "record_wrong_samples": self.on_wrong_sample is not None,
         })
         try:
             ready = self._receive(worker)
@@ -208,7 +209,8 @@ class MultiprocessRunner(Runner):
         if worker.process is not None:
             if worker.process.is_alive():
                 worker.process.kill()
-            worker.process.join(timeout=5)
+            if worker.process.pid is not None:  # started: a failed start leaves nothing to join
+                worker.process.join(timeout=5)
             worker.process = None
         worker.chunk = None
 
@@ -283,9 +285,10 @@ class MultiprocessRunner(Runner):
         """Handle one message from a busy worker; True once its chunk has arrived."""
         first, last = worker.chunk
 
-        def rows(kind: str, name: str, placeholder: dict[str, Any]) -> np.ndarray | None:
-            if kind != "samples":
+        def rows(kind: str, path: tuple, placeholder: dict[str, Any]) -> np.ndarray | None:
+            if kind != "samples" or len(path) != 2 or path[0] != "arrays":
                 return None
+            name = path[1]
             if name not in batch:
                 batch[name] = np.empty((count, *placeholder["shape"][1:]), placeholder["dtype"])
                 self._learn(name, batch[name])
@@ -295,6 +298,8 @@ class MultiprocessRunner(Runner):
         kind = message["type"]
         if kind == "samples":
             worker.stats = message["stats"]
+            for sample in message.get("refused", []):
+                self.on_wrong_sample(sample["id"], sample["arrays"])
             return True
         if kind == "predict":
             self._answer_prediction(worker, message["inputs"])

@@ -75,16 +75,16 @@ def send(conn: Connection, message: dict[str, Any]) -> None:
         conn.send_bytes(memoryview(array).cast("B") if array.size else b"")
 
 
-Destination = Callable[[str, str, dict[str, Any]], "np.ndarray | None"]
+Destination = Callable[[str, tuple, dict[str, Any]], "np.ndarray | None"]
 
 
 def receive(conn: Connection, destination: Destination | None = None) -> dict[str, Any]:
     """Receive a message sent by :func:`send`.
 
-    ``destination(message_type, key, placeholder)`` may return an array (e.g.
-    rows of a batch buffer) to receive the bytes of the array under ``key``
-    into, checked against its declared dtype and shape; otherwise a new array
-    is allocated.
+    ``destination(message_type, path, placeholder)`` may return an array (e.g.
+    rows of a batch buffer) to receive the bytes of the array at ``path`` (the
+    keys and indices leading to it) into, checked against its declared dtype
+    and shape; otherwise a new array is allocated.
     """
     raw = conn.recv_bytes(MAX_HEADER_BYTES)
     try:
@@ -96,21 +96,21 @@ def receive(conn: Connection, destination: Destination | None = None) -> dict[st
     where = None
     if destination is not None:
         kind = header["type"]
-        where = lambda key, placeholder: destination(kind, key, placeholder)  # noqa: E731
-    return _restore(conn, header, where, "")
+        where = lambda path, placeholder: destination(kind, path, placeholder)  # noqa: E731
+    return _restore(conn, header, where, ())
 
 
-def _restore(conn: Connection, obj: Any, where: Callable | None, key: str) -> Any:
+def _restore(conn: Connection, obj: Any, where: Callable | None, path: tuple) -> Any:
     if isinstance(obj, dict):
         if "__array__" in obj:
-            return _receive_array(conn, obj, where, key)
-        return {k: _restore(conn, v, where, k) for k, v in obj.items()}
+            return _receive_array(conn, obj, where, path)
+        return {k: _restore(conn, v, where, (*path, k)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_restore(conn, v, where, key) for v in obj]
+        return [_restore(conn, v, where, (*path, i)) for i, v in enumerate(obj)]
     return obj
 
 
-def _receive_array(conn: Connection, placeholder: dict[str, Any], where: Callable | None, key: str) -> np.ndarray:
+def _receive_array(conn: Connection, placeholder: dict[str, Any], where: Callable | None, path: tuple) -> np.ndarray:
     try:
         dtype, shape = np.dtype(placeholder["dtype"]), tuple(int(n) for n in placeholder["shape"])
     except (TypeError, ValueError, KeyError) as exc:
@@ -120,7 +120,7 @@ def _receive_array(conn: Connection, placeholder: dict[str, Any], where: Callabl
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if nbytes > MAX_ARRAY_BYTES:
         raise ProtocolError(f"refused array of {nbytes} bytes (limit {MAX_ARRAY_BYTES})")
-    target = where(key, placeholder) if where is not None else None
+    target = where(path, placeholder) if where is not None else None
     if target is None:
         target = np.empty(shape, dtype)
     elif target.dtype != dtype or target.shape != shape or not target.flags.c_contiguous:

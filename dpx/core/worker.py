@@ -41,11 +41,13 @@ def serve(conn: Connection) -> None:
         if init["type"] != "init":
             raise transport.ProtocolError(f"expected 'init', got {init['type']!r}")
         config = EnvironmentConfig(**init["config"])
+        refused: list[dict[str, Any]] = []
         producer = make_producer(
             config,
             np.array(init["key"], dtype=np.uint64),
             init["instance_id"],
             init["instance_nb"],
+            on_wrong_sample=lambda sample_id, arrays: refused.append({"id": sample_id, "arrays": arrays}),
             optional_fields=frozenset(init["optional_fields"]),
         )
         producer.env._connect(predictor=lambda inputs: _ask_prediction(conn, inputs))
@@ -58,7 +60,7 @@ def serve(conn: Connection) -> None:
                   for n, f in producer.fields.items()}
         scene = producer.env.factory.scene() if init["visual"] else None
         transport.send(conn, {"type": "ready", "fields": fields, "scene": scene, "pid": os.getpid()})
-        _loop(conn, producer)
+        _loop(conn, producer, refused if init["record_wrong_samples"] else None)
     except (EOFError, ConnectionError):
         return  # the runner went away: nothing to report to
     except BaseException as exc:
@@ -66,14 +68,18 @@ def serve(conn: Connection) -> None:
         raise SystemExit(1) from None
 
 
-def _loop(conn: Connection, producer: Any) -> None:
+def _loop(conn: Connection, producer: Any, refused: list[dict[str, Any]] | None) -> None:
     while True:
         request = transport.receive(conn)
         kind = request["type"]
         if kind == "produce":
             ids = np.asarray(request["ids"], dtype=np.int64)
             arrays = producer.produce(ids, request["stream"])
-            transport.send(conn, {"type": "samples", "arrays": arrays, "stats": vars(producer.stats)})
+            message = {"type": "samples", "arrays": arrays, "stats": vars(producer.stats)}
+            if refused:  # samples check_sample refused, for record_wrong_samples
+                message["refused"] = refused[:]
+                refused.clear()
+            transport.send(conn, message)
         elif kind == "apply":
             producer.apply_prediction(request["prediction"])
             transport.send(conn, {"type": "applied"})

@@ -1,0 +1,102 @@
+"""Environments for the ray runner tests: a module the Ray workers import by path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+import dpx
+
+
+class Noise(dpx.Environment):
+    def __init__(self, size: int = 3, shape: list | None = None):
+        self.size = size
+
+    def step(self):
+        x = self.rng.normal(size=(self.size,)).astype(np.float32)
+        self.set_training_data(input=x, ground_truth=x.sum(keepdims=True))
+
+
+class Picky(Noise):
+    """Refuses samples whose first value is positive (about half of the tries)."""
+
+    def check_sample(self):
+        return bool(self.sample["input"][0] <= 0)
+
+
+class Faulty(Noise):
+    """Fails by ``how`` ('raise', 'exit', 'kill' or 'hang') on samples whose first value
+    exceeds ``threshold``: once (while ``marker`` does not exist), or ``always``."""
+
+    def __init__(self, how: str, marker: str = "", always: bool = False, threshold: float = 2.0):
+        super().__init__()
+        self.how, self.marker, self.always, self.threshold = how, Path(marker), always, threshold
+
+    def step(self):
+        x = self.rng.normal(size=(3,)).astype(np.float32)
+        if float(x[0]) > self.threshold and (self.always or not self.marker.exists()):
+            if not self.always:
+                self.marker.touch()
+            if self.how == "raise":
+                self.break_down()
+            elif self.how == "exit":
+                os._exit(1)
+            elif self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            else:
+                time.sleep(3600)
+        self.set_training_data(input=x, ground_truth=x.sum(keepdims=True))
+
+    def break_down(self):
+        raise FloatingPointError("the solver diverged")
+
+
+class Asking(dpx.Environment):
+    """Asks the network from inside step(), then checks it is handed the same prediction back."""
+
+    def init_database(self):
+        self.define_training_fields(("input", np.float32, (5, 3)), ("ground_truth", np.float32, (3,)))
+
+    def step(self):
+        cloud = self.rng.random((5, 3), dtype=np.float32)
+        self.answer = self.get_prediction(input=cloud)["prediction"]
+        self.set_training_data(input=cloud, ground_truth=cloud.mean(axis=0))
+
+    def apply_prediction(self, prediction):
+        np.testing.assert_allclose(prediction["prediction"], self.answer, rtol=1e-6)
+
+
+class Moving(dpx.Environment):
+    """Moves a point cloud in the viewer at every step."""
+
+    def init_visualization(self):
+        self.cloud = self.factory.add_points(np.zeros((2, 3)))
+
+    def step(self):
+        x = self.rng.random((2, 3))
+        self.factory.update(self.cloud, positions=x)
+        self.update_visualisation()
+        self.set_training_data(input=x, ground_truth=x.sum(keepdims=True))
+
+
+class Recorder:
+    """A visualizer that keeps what it receives."""
+
+    instances: list = []
+
+    def __init__(self, **options):
+        self.scenes, self.updates, self.closed = {}, [], False
+        Recorder.instances.append(self)
+
+    def add_scene(self, instance_id, objects):
+        self.scenes[instance_id] = objects
+
+    def update(self, instance_id, updates):
+        self.updates.append((instance_id, updates))
+
+    def close(self):
+        self.closed = True
