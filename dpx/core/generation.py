@@ -23,6 +23,9 @@ from dpx.core.session import Session
 
 log = logging.getLogger("dpx.generation")
 
+#: Batches from this size on are stored by a background thread.
+BACKGROUND_WRITE_BYTES = 4 << 20
+
 
 @dataclass
 class GenerationSummary:
@@ -108,8 +111,9 @@ class DataGeneration:
                 log.info("dpx: resuming %s at sample %d of %d", session.path, start, total)
             progress = Progress(total, desc=f"generate {mode}", initial=min(start, total), enabled=self.progress)
             stream = MODE_STREAMS[mode]
-            # One thread stores batch k while the environment produces batch k+1:
-            # writing releases the GIL, so storage cost hides behind simulation.
+            # A thread stores batch k while the environment produces batch k+1:
+            # writing releases the GIL, so storage hides behind simulation. Small
+            # batches are stored at once: handing them over would cost more.
             with ThreadPoolExecutor(1, thread_name_prefix="dpx-writer") as writer:
                 stored = None
                 for first in range(start, total, self.batch_size):
@@ -119,7 +123,11 @@ class DataGeneration:
                         database.prepare(mode, {name: (a.dtype, a.shape[1:]) for name, a in batch.items()})
                     else:
                         stored.result()
-                    stored = writer.submit(database.append, mode, batch)
+                    if sum(a.nbytes for a in batch.values()) >= BACKGROUND_WRITE_BYTES:
+                        stored = writer.submit(database.append, mode, batch)
+                    else:
+                        database.append(mode, batch)
+                        stored = _DONE
                     produced += len(ids)
                     progress.update(len(ids))
                 if stored is not None:
@@ -167,6 +175,17 @@ class DataGeneration:
             return int(previous["seed"])
         seed, _ = resolve_seed(None)
         return seed
+
+
+class _Done:
+    """A batch already stored: nothing to wait for."""
+
+    @staticmethod
+    def result() -> None:
+        return None
+
+
+_DONE = _Done()
 
 
 class _WrongSampleSink:

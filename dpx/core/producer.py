@@ -62,6 +62,21 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def _all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite, in one pass without a temporary.
+
+    NaN and inf make the dot product of the values with themselves non-finite;
+    so can a huge but finite value (its square overflows), which the exact,
+    slower check then clears.
+    """
+    flat = values.reshape(-1)
+    if values.dtype in (np.float32, np.float64):
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.dot(flat, flat)):
+                return True
+    return bool(np.isfinite(values).all())
+
+
 class SampleRng:
     """An SFC64 generator put at the start of each sample's own stream.
 
@@ -94,7 +109,7 @@ class SampleRng:
         return None
 
     def plan(self, sample_ids: np.ndarray, stream: int = 0, attempt: int = 0) -> np.ndarray:
-        """The SFC64 states of ``sample_ids``, one row of 4 words each."""
+        """The SFC64 states of ``sample_ids``, one row each (4 state words and a zero)."""
         ids = np.asarray(sample_ids, dtype=np.uint64)
         a = _splitmix64(self.key[0] ^ ids)
         b = np.full_like(a, _splitmix64(self.key[1] ^ np.uint64((stream << 32) | attempt)))
@@ -107,15 +122,15 @@ class SampleRng:
                 a = b ^ (b >> np.uint64(11))
                 b = c + (c << np.uint64(3))
                 c = ((c << np.uint64(24)) | (c >> np.uint64(40))) + mixed
-        return np.stack([a, b, c, counter], axis=1)
+        # a fifth, zero word clears the 32-bit buffer flag in the same assignment
+        return np.stack([a, b, c, counter, np.zeros_like(a)], axis=1)
 
     def set(self, state: np.ndarray) -> None:
         if self._raw is not None:
-            self._raw[:4] = state
-            self._raw[4] = 0
+            self._raw[:] = state
         else:
             self.bit_generator.state = {
-                "bit_generator": "SFC64", "state": {"state": state}, "has_uint32": 0, "uinteger": 0,
+                "bit_generator": "SFC64", "state": {"state": state[:4]}, "has_uint32": 0, "uinteger": 0,
             }
 
     def seek(self, sample_id: int, attempt: int = 0, stream: int = 0) -> None:
@@ -225,9 +240,10 @@ class SampleProducer:
         self._turn = (self._turn + 1) % BUFFERS
         arrays = batch.arrays
         states = self.rng.plan(sample_ids, stream)
+        slots = [(name, shape, dtype, arrays[name], self._good_dtypes[name]) for name, shape, dtype in self._slots]
+        ids = sample_ids.tolist()
         for row in range(first_row, count):
-            sample_id = int(sample_ids[row])
-            self._copy(self._step_until_accepted(sample_id, states[row]), arrays, row, sample_id)
+            self._copy(self._step_until_accepted(ids[row], states[row]), slots, row, ids[row])
         self._check_finite(arrays, sample_ids, count)
         self.stats.produced += count
         return batch.view(count)
@@ -248,9 +264,11 @@ class SampleProducer:
                     f.learn(self._as_array(name, first))
         self._batches = [Batch(self.fields, count) for _ in range(BUFFERS)]
         self._slots = [(name, f.shape, f.dtype) for name, f in self.fields.items()]
+        self._good_dtypes = {name: set() for name in self.fields}
         if first is None:
             return 0
-        self._copy(first, self._batches[self._turn].arrays, 0, first_id)
+        arrays = self._batches[self._turn].arrays
+        self._copy(first, [(n, s, d, arrays[n], self._good_dtypes[n]) for n, s, d in self._slots], 0, first_id)
         return 1
 
     def _step_until_accepted(self, sample_id: int, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -279,18 +297,26 @@ class SampleProducer:
             f"(max_wrong_samples_per_step={self.max_wrong})"
         )
 
-    def _copy(self, sample: dict[str, Any], arrays: dict[str, np.ndarray], row: int, sample_id: int) -> None:
-        for name, shape, dtype in self._slots:
-            if name in self.optional_fields and name not in sample:
-                arrays[name][row] = np.nan if dtype.kind in "fc" else 0
-                continue
-            value = self._as_array(name, sample)
+    def _copy(self, sample: dict[str, Any], slots: list, row: int, sample_id: int) -> None:
+        """Check one sample's fields and copy them into row ``row`` of the batch.
+
+        ``slots`` holds, per field, its name, shape, dtype, batch buffer and the
+        set of dtypes already seen to cast safely (checked once per dtype).
+        """
+        for name, shape, dtype, buffer, good in slots:
+            value = sample.get(name)
+            if value is None:
+                if name in self.optional_fields:
+                    buffer[row] = np.nan if dtype.kind in "fc" else 0
+                    continue
+                value = self._as_array(name, sample)
+            elif type(value) is not np.ndarray:
+                value = np.asarray(value)
             if value.shape != shape:
                 raise FieldError(
                     f"{self.env!r}: field {name!r} of sample {sample_id} has shape {value.shape}, "
                     f"but the field is {shape}"
                 )
-            good = self._good_dtypes.setdefault(name, set())
             if value.dtype not in good:
                 if not np.can_cast(value.dtype, dtype, "same_kind"):
                     raise FieldError(
@@ -298,7 +324,7 @@ class SampleProducer:
                         f"which cannot be stored as the field's {dtype}"
                     )
                 good.add(value.dtype)
-            arrays[name][row] = value
+            buffer[row] = value
 
     def _as_array(self, name: str, sample: dict[str, Any]) -> np.ndarray:
         try:
@@ -315,7 +341,7 @@ class SampleProducer:
             if f.dtype.kind not in "fc" or name in self.optional_fields:
                 continue
             values = arrays[name][:count]
-            if np.isfinite(values).all():
+            if _all_finite(values):
                 continue
             bad_rows = np.flatnonzero(~np.isfinite(values.reshape(count, -1)).all(axis=1))
             if self.non_finite == "error":
@@ -335,7 +361,8 @@ class SampleProducer:
             self.env.sample.clear()
             for _ in range(self.simulations_per_step):
                 self._step()
-            self._copy(self.env.sample, arrays, row, sample_id)
+            slots = [(n, s, d, arrays[n], self._good_dtypes[n]) for n, s, d in self._slots]
+            self._copy(self.env.sample, slots, row, sample_id)
             if all(np.isfinite(arrays[n][row]).all() for n, f in self.fields.items() if f.dtype.kind in "fc"):
                 return
         raise SampleError(
