@@ -67,14 +67,24 @@ class Stats:
         plugins = get_plugins()
         self.writers = [plugins.load("stats_writers", name)(Path(stats_dir)) for name in writers]
         self.histograms = histograms
-        self._window: deque[float] = deque(maxlen=WINDOW)
+        self._window: deque[float] = deque()
+        self._sum = self._squares = 0.0
 
     def batch(self, step: int, loss: float, extra: Mapping[str, float] | None = None, lr: float | None = None) -> None:
-        self._window.append(loss)
+        if math.isfinite(loss):  # a sliding window kept as running sums: O(1) a step
+            self._window.append(loss)
+            self._sum += loss
+            self._squares += loss * loss
+            if len(self._window) > WINDOW:
+                old = self._window.popleft()
+                self._sum -= old
+                self._squares -= old * old
         values = {"loss/batch": loss}
-        window = np.fromiter(self._window, float)
-        values[f"loss/batch_mean{WINDOW}"] = float(window.mean())
-        values[f"loss/batch_var{WINDOW}"] = float(window.var())
+        n = len(self._window)
+        if n:
+            mean = self._sum / n
+            values[f"loss/batch_mean{WINDOW}"] = mean
+            values[f"loss/batch_var{WINDOW}"] = max(self._squares / n - mean * mean, 0.0)
         if lr is not None:
             values["learning_rate"] = lr
         for name, value in (extra or {}).items():

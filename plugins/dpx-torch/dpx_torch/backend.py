@@ -130,8 +130,13 @@ class TorchBackend:
 
     # -- the contract ------------------------------------------------------------------
 
+    def _mode(self, training: bool) -> None:
+        """Switch train/eval only when it changes: ``Module.train`` walks every submodule."""
+        if self.network.training != training:
+            self.network.train(training)
+
     def train_batch(self, batch: dict[str, np.ndarray]) -> dict[str, float]:
-        self.network.train()
+        self._mode(True)
         prediction, ground_truth = self._forward(batch)
         losses = self.optimization.transform_loss(self.optimization.compute_loss(prediction, ground_truth))
         loss = losses["loss"]
@@ -142,7 +147,7 @@ class TorchBackend:
         return {"loss": value, **{k: float(v) for k, v in losses.items() if k != "loss"}}
 
     def validation_loss(self, batch: dict[str, np.ndarray]) -> float:
-        self.network.eval()
+        self._mode(False)
         with torch.no_grad():
             prediction, ground_truth = self._forward(batch)
             losses = self.optimization.transform_loss(self.optimization.compute_loss(prediction, ground_truth))
@@ -154,7 +159,7 @@ class TorchBackend:
         return self.transformation.transform_before_loss(prediction, self._tensor(self.target_field, batch[self.target_field]))
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.network.eval()
+        self._mode(False)
         with torch.no_grad():
             x = self.transformation.transform_before_prediction(self._tensor(self.input_field, inputs[self.input_field]))
             prediction = self.transformation.transform_before_apply(self.network(x))
