@@ -354,7 +354,8 @@ class MemmapStorage:
                 f"{file} is truncated: {size} bytes where {need * f.sample_bytes} are committed; "
                 f"samples 0..{readable - 1} of mode {mode!r} field {name!r} are readable, later ones are lost"
             )
-        mapped = np.memmap(file, dtype=f.dtype, mode="r", shape=(need, *f.shape))
+        # a plain ndarray view: indexing an np.memmap subclass costs microseconds a sample
+        mapped = np.memmap(file, dtype=f.dtype, mode="r", shape=(need, *f.shape)).view(np.ndarray)
         self._maps[key] = mapped
         return mapped
 
