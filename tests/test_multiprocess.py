@@ -226,3 +226,15 @@ def test_refused_samples_are_recorded_from_workers_too(tmp_path):
     names = [sorted(p.name for p in (s.session_path / "dataset" / "wrong_samples").glob("*.npz")) for s in (local, remote)]
     assert remote.refused == local.refused == len(names[1]) > 0
     assert {n.split("_")[0] for n in names[0]} == {n.split("_")[0] for n in names[1]}
+
+
+def test_oversized_message_from_an_authenticated_peer(tmp_path):
+    key = os.urandom(32).hex()
+    runner, thread, outcome = start_waiting_runner({"authkey": key, "timeout": 10, "max_restarts": 0})
+    peer = Client(tuple(runner.address), authkey=bytes.fromhex(key))
+    peer.recv_bytes()  # init
+    peer.send_bytes(b"{" + b" " * (2 << 20) + b"}")  # a 2 MB header: over the 1 MB limit
+    thread.join(10)
+    runner.close()
+    assert isinstance(outcome.get("error"), WorkerError), outcome
+    assert "worker 0 sent a message over the 1048576-byte header limit" in str(outcome["error"])

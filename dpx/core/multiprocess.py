@@ -172,7 +172,11 @@ class MultiprocessRunner(Runner):
         """The worker's next message; errors and lost connections raise ``_Failure``."""
         try:
             message = transport.receive(worker.conn, destination)
-        except (EOFError, OSError) as exc:
+        except OSError as exc:
+            if "bad message length" in str(exc):  # multiprocessing's refusal of an oversized message
+                raise _Failure(worker, f"sent a message over the {transport.MAX_HEADER_BYTES}-byte header limit") from None
+            raise _Failure(worker, self._exit_status(worker, exc)) from None
+        except EOFError as exc:
             raise _Failure(worker, self._exit_status(worker, exc)) from None
         except transport.ProtocolError as exc:
             raise _Failure(worker, f"sent a malformed message: {exc}") from None

@@ -80,7 +80,7 @@ class PredictionSummary:
                 f"environment {1e3 * self.environment_seconds / self.steps:.3f} ms"
             )
         if self.recorded:
-            text += f"\n{self.recorded} steps recorded in the 'prediction' mode"
+            text += f"\n{self.recorded} samples recorded in the 'prediction' mode"
         return f"{text}\nsession: {self.session_path}"
 
 

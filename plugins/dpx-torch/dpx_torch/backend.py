@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ class TorchBackend:
         losses = self.optimization.transform_loss(self.optimization.compute_loss(prediction, ground_truth))
         loss = losses["loss"]
         value = float(loss.detach())
-        if not np.isfinite(value):
+        if not math.isfinite(value):
             raise NonFiniteLossError(f"the loss is {value}")
         self.optimization.optimize(loss)
         return {"loss": value, **{k: float(v) for k, v in losses.items() if k != "loss"}}
