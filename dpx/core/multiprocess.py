@@ -33,15 +33,10 @@ import numpy as np
 from dpx.core import transport
 from dpx.core.config import ConfigError
 from dpx.core.environment import Field
-from dpx.core.producer import BUFFERS
-from dpx.core.runners import Runner, cut_batch, make_visualizer, parse_options
+from dpx.core.runners import RemoteRunner, WorkerError, make_visualizer, parse_options
 from dpx.core.worker import run as run_worker
 
 log = logging.getLogger("dpx.multiprocess")
-
-
-class WorkerError(RuntimeError):
-    """The workers failed more often than ``max_restarts`` allows, or never connected."""
 
 
 @dataclass
@@ -77,26 +72,22 @@ class _Worker:
         return f"worker {self.instance_id}{pid}"
 
 
-class MultiprocessRunner(Runner):
+class MultiprocessRunner(RemoteRunner):
     """Run ``workers`` environments in worker processes."""
 
     def start(self) -> dict[str, Field]:
         self.options = parse_options(MultiprocessOptions, self.config.runner_kwargs, "multiprocess")
         self.portable = self.config.portable()
         self.authkey = bytes.fromhex(self.options.authkey) if self.options.authkey else transport.new_authkey()
-        self.instance_nb = self.config.workers
-        self.restarts = 0
+        self._prepare(self.options.max_restarts)
         self.predictor = None
         self.visualizer = make_visualizer(self.config)
-        self._batches: list[dict[str, np.ndarray]] = [{} for _ in range(BUFFERS)]
-        self._turn = 0
         try:
             self.server = socket.create_server((self.options.host, self.options.port))
         except OSError as exc:
             raise ConfigError(f"runner_kwargs: cannot listen on {self.options.host}:{self.options.port}: {exc}") from exc
         self.address = self.server.getsockname()[:2]
         self.workers = [_Worker(i) for i in range(self.instance_nb)]
-        self._fields: dict[str, Field] = {}
         if not self.options.spawn:
             log.warning("dpx: waiting for %d worker(s): DPX_AUTHKEY=%s python -m dpx worker --connect %s:%d",
                         self.instance_nb, self.authkey.hex(), *self.address)
@@ -194,15 +185,8 @@ class MultiprocessRunner(Runner):
 
     def _restart(self, failure: _Failure) -> None:
         worker = failure.worker
-        self.restarts += 1
-        log.warning("dpx: %s failed (restart %d of %d; the samples it was producing are discarded): %s",
-                    worker.describe(), self.restarts, self.options.max_restarts, failure.reason)
         self._stop(worker)
-        if self.restarts > self.options.max_restarts:
-            raise WorkerError(
-                f"{worker.describe()} {failure.reason}\n(max_restarts={self.options.max_restarts} reached; "
-                "the samples stored so far are intact)"
-            )
+        self._count_failure(worker.describe(), failure.reason)
         self._launch(worker)
         self._connect(worker)
 
@@ -219,21 +203,6 @@ class MultiprocessRunner(Runner):
         worker.chunk = None
 
     # -- producing -------------------------------------------------------------------
-
-    @property
-    def fields(self) -> dict[str, Field]:
-        return self._fields
-
-    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
-        """Produce ``sample_ids`` across the workers; ``pinned`` gives row ``i`` to worker ``i``."""
-        count = len(sample_ids)
-        batch = self._batches[self._turn]
-        if batch and len(next(iter(batch.values()))) < count:
-            batch.clear()  # allocated again, larger, as the chunks arrive
-        self._turn = (self._turn + 1) % BUFFERS
-        chunks = cut_batch(count, self.instance_nb, self.options.chunk_size, pinned)
-        self._run_chunks(deque(chunks), sample_ids, stream, batch, count, pinned)
-        return {name: array[:count] for name, array in batch.items()}
 
     def _run_chunks(self, pending: deque, sample_ids: np.ndarray, stream: int, batch: dict, count: int,
                     pinned: bool) -> None:

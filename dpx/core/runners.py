@@ -8,7 +8,9 @@ cluster. Other runners arrive through the ``dpx_runners`` hook.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -17,7 +19,7 @@ import numpy as np
 
 from dpx.core.config import ConfigError, EnvironmentConfig
 from dpx.core.environment import Environment, Field
-from dpx.core.producer import SampleProducer
+from dpx.core.producer import BUFFERS, SampleProducer
 
 WrongSampleSink = Callable[[int, dict[str, np.ndarray]], None]
 
@@ -158,6 +160,58 @@ class Runner:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class WorkerError(RuntimeError):
+    """Remote environments failed more often than ``max_restarts`` allows, or never started."""
+
+
+class RemoteRunner(Runner):
+    """Base of runners whose environments live in other processes or machines.
+
+    It cuts each batch into chunks of consecutive rows (see :func:`cut_batch`)
+    for the subclass's ``_run_chunks`` to hand to free environments, keeps two
+    batch buffers in turn, and holds the run's restart budget.
+    """
+
+    log = logging.getLogger("dpx.runners")
+
+    def _prepare(self, max_restarts: int) -> None:
+        self.instance_nb = self.config.workers
+        self.max_restarts, self.restarts = max_restarts, 0
+        self._batches: list[dict[str, np.ndarray]] = [{} for _ in range(BUFFERS)]
+        self._turn = 0
+        self._fields: dict[str, Field] = {}
+
+    @property
+    def fields(self) -> dict[str, Field]:
+        return self._fields
+
+    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
+        """Produce ``sample_ids`` across the environments; ``pinned`` gives row ``i`` to environment ``i``."""
+        count = len(sample_ids)
+        batch = self._batches[self._turn]
+        if batch and len(next(iter(batch.values()))) < count:
+            batch.clear()  # allocated again, larger, as the chunks arrive
+        self._turn = (self._turn + 1) % BUFFERS
+        chunks = deque(cut_batch(count, self.instance_nb, getattr(self.options, "chunk_size", None), pinned))
+        self._run_chunks(chunks, np.asarray(sample_ids), stream, batch, count, pinned)
+        return {name: array[:count] for name, array in batch.items()}
+
+    def _run_chunks(self, pending: deque, sample_ids: np.ndarray, stream: int, batch: dict[str, np.ndarray],
+                    count: int, pinned: bool) -> None:
+        """Produce every chunk of ``pending`` into the rows of ``batch``."""
+        raise NotImplementedError
+
+    def _count_failure(self, who: str, reason: str) -> None:
+        """Report a failed environment; raise once the run's ``max_restarts`` are spent."""
+        self.restarts += 1
+        self.log.warning("dpx: %s failed (restart %d of %d; the samples it was producing are discarded): %s",
+                         who, self.restarts, self.max_restarts, reason)
+        if self.restarts > self.max_restarts:
+            raise WorkerError(
+                f"{who} {reason}\n(max_restarts={self.max_restarts} reached; the samples stored so far are intact)"
+            )
 
 
 class InProcessRunner(Runner):

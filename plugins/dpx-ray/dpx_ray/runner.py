@@ -39,10 +39,14 @@ from ray.exceptions import RayActorError, RayError
 
 from dpx.core.config import ConfigError, EnvironmentConfig
 from dpx.core.environment import Field
-from dpx.core.multiprocess import WorkerError
-from dpx.core.producer import BUFFERS
-from dpx.core.runners import Predictor, Runner, make_producer, make_visualizer
-from dpx.core.runners import cut_batch, parse_options
+from dpx.core.runners import (
+    Predictor,
+    RemoteRunner,
+    WorkerError,
+    make_producer,
+    make_visualizer,
+    parse_options,
+)
 
 log = logging.getLogger("dpx.ray")
 
@@ -232,7 +236,7 @@ class _Failure(Exception):
         self.slot, self.reason = slot, reason
 
 
-class RayRunner(Runner):
+class RayRunner(RemoteRunner):
     """Run ``workers`` environments as Ray actors."""
 
     def start(self) -> dict[str, Field]:
@@ -243,14 +247,10 @@ class RayRunner(Runner):
                 f"EnvironmentConfig: {self.config.environment_name} is defined in the script being run, which Ray "
                 "actors cannot import; move it to a module they can import (installed on every node)"
             )
-        self.instance_nb = self.config.workers
-        self.restarts = 0
+        self._prepare(self.options.max_restarts)
         self.predictor: Predictor | None = None
         self._mailbox: Any = None
         self._asking: Any = None  # the pending ``take`` on the mailbox
-        self._batches: list[dict[str, np.ndarray]] = [{} for _ in range(BUFFERS)]
-        self._turn = 0
-        self._fields: dict[str, Field] = {}
         self.slots = [_Slot(i) for i in range(self.instance_nb)]
         self._started_ray = self._init_ray()
         self.visualizer = make_visualizer(self.config)
@@ -361,15 +361,8 @@ class RayRunner(Runner):
     def _fail(self, failure: _Failure) -> None:
         """Count a failure against ``max_restarts``, report it and kill the actor."""
         slot = failure.slot
-        self.restarts += 1
-        log.warning("dpx: %s failed (restart %d of %d; the samples it was producing are discarded): %s",
-                    slot.describe(), self.restarts, self.options.max_restarts, failure.reason)
         self._kill(slot)
-        if self.restarts > self.options.max_restarts:
-            raise WorkerError(
-                f"{slot.describe()} {failure.reason}\n(max_restarts={self.options.max_restarts} reached; "
-                "the samples stored so far are intact)"
-            )
+        self._count_failure(slot.describe(), failure.reason)
 
     def _kill(self, slot: _Slot) -> None:
         if slot.actor is not None:
@@ -377,21 +370,6 @@ class RayRunner(Runner):
         slot.actor = slot.ref = slot.rows = None
 
     # -- producing -------------------------------------------------------------------
-
-    @property
-    def fields(self) -> dict[str, Field]:
-        return self._fields
-
-    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
-        """Produce ``sample_ids`` across the actors; ``pinned`` gives row ``i`` to actor ``i``."""
-        count = len(sample_ids)
-        batch = self._batches[self._turn]
-        if batch and len(next(iter(batch.values()))) < count:
-            batch.clear()  # allocated again, larger, as the chunks arrive
-        self._turn = (self._turn + 1) % BUFFERS
-        pending = deque(cut_batch(count, self.instance_nb, self.options.chunk_size, pinned))
-        self._run_chunks(pending, np.asarray(sample_ids), stream, batch, count, pinned)
-        return {name: array[:count] for name, array in batch.items()}
 
     def _run_chunks(self, pending: deque, sample_ids: np.ndarray, stream: int, batch: dict[str, np.ndarray],
                     count: int, pinned: bool) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 import dpx
 from dpx.core.config import ConfigError
-from dpx.core.multiprocess import WorkerError
+from dpx.core.runners import WorkerError
 from dpx.core.producer import resolve_seed
 from dpx.testing import assert_light_import
 
