@@ -178,18 +178,20 @@ def _short(values: list[float]) -> str:
 
 def _plugins(args: argparse.Namespace) -> int:
     plugins = get_plugins()
-    rows = list(plugins.plugins.values())
+    rows = sorted(plugins.plugins.values(), key=lambda info: (info.source != "builtin", info.name))
     if args.json:
         print(json.dumps([info.as_dict() for info in rows], indent=2))
         return 0
     table = []
     for info in rows:
         dist = f"{info.distribution} {info.version}" if info.distribution and info.version else info.distribution or "-"
-        status = f"{info.status}: {info.error}" if info.error else info.status
+        if info.error:  # the reason runs on in place of what the plugin would provide
+            table.append((info.name, dist, "", [f"{info.status}: {info.error}"]))
+            continue
         provides = [
             f"{registry}: {', '.join(sorted(offers))}" for registry, offers in info.provides.items() if offers
         ] or ["-"]
-        table.append((info.name, dist, status, provides))
+        table.append((info.name, dist, info.status, provides))
         if args.verbose:
             for registry in REGISTRIES:
                 for name, component in sorted(info.provides.get(registry, {}).items()):
@@ -206,6 +208,9 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, str, str, list[s
     print(line)
     for name, dist, status, provides in rows:
         first, *rest = provides
+        if not status and first.startswith(("error:", "unavailable:")):  # spans STATUS and PROVIDES
+            print("  ".join(v.ljust(w) for v, w in zip((name, dist), widths)) + "  " + first)
+            continue
         print("  ".join(v.ljust(w) for v, w in zip((name, dist, status), widths)) + "  " + first)
         indent = " " * (sum(widths) + 6)
         for item in rest:
