@@ -22,17 +22,9 @@ from dpx.core.multiprocess import MultiprocessRunner
 from dpx.core.producer import resolve_seed
 from dpx.core.runners import WorkerError
 
-TESTS = Path(__file__).resolve().parent
-
-
-@pytest.fixture(autouse=True)
-def importable_envs(monkeypatch):
-    """Worker processes import environments by path: make this folder importable (spawn passes sys.path)."""
-    monkeypatch.syspath_prepend(str(TESTS))
-
 
 def generate(tmp_path, name, runner="multiprocess", workers=2, batch_nb=4, batch_size=50, **kwargs):
-    from worker_envs import Noise
+    from dpx.testing_envs import Noise
 
     kwargs.setdefault("environment_class", Noise)
     config = dpx.EnvironmentConfig(runner=runner, workers=workers, seed=11, **kwargs)
@@ -60,7 +52,7 @@ def test_env_kwargs_must_travel(tmp_path):
 
 @pytest.mark.parametrize("how", ["raise", "kill", "hang"])
 def test_a_failing_worker_is_restarted_and_nothing_is_lost(tmp_path, how, caplog):
-    from worker_envs import Faulty
+    from dpx.testing_envs import Faulty
 
     reference = dataset(generate(tmp_path, "reference", runner="inprocess", workers=1,
                                  environment_class=Faulty, env_kwargs={"how": how, "threshold": 99.0}))
@@ -76,7 +68,7 @@ def test_a_failing_worker_is_restarted_and_nothing_is_lost(tmp_path, how, caplog
 
 
 def test_a_worker_failing_every_time_stops_the_run_cleanly(tmp_path):
-    from worker_envs import Faulty
+    from dpx.testing_envs import Faulty
 
     with pytest.raises(WorkerError) as raised:
         generate(tmp_path, "doomed", environment_class=Faulty, env_kwargs={"how": "raise", "always": True},
@@ -90,7 +82,7 @@ def test_a_worker_failing_every_time_stops_the_run_cleanly(tmp_path):
 
 def start_waiting_runner(runner_kwargs):
     """A runner waiting for hand-started workers, started in a thread."""
-    from worker_envs import Noise
+    from dpx.testing_envs import Noise
 
     config = dpx.EnvironmentConfig(Noise, runner="multiprocess", workers=1, seed=1,
                                    runner_kwargs={"spawn": False, **runner_kwargs})
@@ -116,7 +108,7 @@ def test_hand_started_worker_joins_and_a_wrong_key_is_refused(tmp_path, caplog):
         runner, thread, outcome = start_waiting_runner({"authkey": key, "timeout": 30})
         with pytest.raises(AuthenticationError):
             Client(tuple(runner.address), authkey=b"not the key")
-        env = {**os.environ, "DPX_AUTHKEY": key, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+        env = {**os.environ, "DPX_AUTHKEY": key, "PYTHONPATH": os.pathsep.join(sys.path)}
         worker = subprocess.Popen([sys.executable, "-m", "dpx", "worker", "--connect", "%s:%d" % tuple(runner.address)],
                                   env=env)
         thread.join(30)
@@ -160,12 +152,11 @@ def test_port_already_in_use(tmp_path):
 
 def test_ctrl_c_leaves_no_orphan_and_a_resumable_session(tmp_path):
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
         "import dpx\n"
-        "from worker_envs import Slow\n"
+        "from dpx.testing_envs import Slow\n"
         "config = dpx.EnvironmentConfig(Slow, runner='multiprocess', workers=2, seed=0)\n"
         "dpx.DataGeneration(config, session_dir=%r, session_name='s', batch_nb=1000, batch_size=10, progress=False).execute()\n"
-    ) % (str(TESTS), str(tmp_path))
+    ) % (str(tmp_path),)
     job = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -202,7 +193,7 @@ class Recorder:
 
 
 def test_visual_objects_travel_from_workers_to_the_viewer(tmp_path, dpx_plugin):
-    from worker_envs import Moving
+    from dpx.testing_envs import Moving
 
     recorder = Recorder()
     module = type(sys)("recorder_plugin")
@@ -219,7 +210,7 @@ def test_visual_objects_travel_from_workers_to_the_viewer(tmp_path, dpx_plugin):
 
 
 def test_refused_samples_are_recorded_from_workers_too(tmp_path):
-    from worker_envs import Picky
+    from dpx.testing_envs import Picky
 
     local = generate(tmp_path, "local", runner="inprocess", workers=1, environment_class=Picky, record_wrong_samples=True)
     remote = generate(tmp_path, "remote", environment_class=Picky, record_wrong_samples=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,33 +31,12 @@ def test_factory_records_objects_and_updates_as_snapshots():
         factory.add_mesh(positions, None)
 
 
-class Recorder:
-    """A visualizer that keeps what it receives."""
-
-    instances: list = []
-
-    def __init__(self, **options):
-        self.options, self.scenes, self.updates, self.closed = options, {}, [], False
-        Recorder.instances.append(self)
-
-    def add_scene(self, instance_id, objects):
-        self.scenes[instance_id] = objects
-
-    def update(self, instance_id, updates):
-        self.updates.append((instance_id, updates))
-
-    def close(self):
-        self.closed = True
-
-
-def test_environments_feed_the_configured_viewer(tmp_path, dpx_plugin, monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    from worker_envs import Moving
+def test_environments_feed_the_configured_viewer(tmp_path, dpx_plugin):
+    from dpx.testing_envs import Moving, Recorder
 
     module = type(sys)("recorder_plugin")
-    module.dpx_visualizers = dpx.hookimpl(lambda: {"recorder": f"{__name__}:Recorder"})
+    module.dpx_visualizers = dpx.hookimpl(lambda: {"recorder": "dpx.testing_envs:Recorder"})
     dpx_plugin(module, name="recorder")
-    sys.modules.setdefault(__name__, sys.modules[__name__])
     config = dpx.EnvironmentConfig(Moving, seed=0, visualizer="recorder", visualizer_kwargs={"offscreen": True})
     dpx.DataGeneration(config, session_dir=str(tmp_path), batch_nb=2, batch_size=3, progress=False).execute()
     viewer = Recorder.instances[-1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from dpx_ray.runner import RayRunner  # noqa: E402
 
-TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -32,13 +30,11 @@ def cluster():
     cluster.shutdown()
 
 
-def test_actors_spread_over_nodes_and_survive_losing_one(cluster, monkeypatch, caplog):
-    monkeypatch.syspath_prepend(str(TESTS))
-    from ray_envs import Noise
+def test_actors_spread_over_nodes_and_survive_losing_one(cluster, caplog):
+    from dpx.testing_envs import Noise
 
     config = dpx.EnvironmentConfig(Noise, runner="ray", workers=2, seed=5, runner_kwargs={
         "address": cluster.address, "num_cpus": 0.5, "timeout": 30,
-        "init_kwargs": {"runtime_env": {"env_vars": {"PYTHONPATH": str(TESTS)}}},
     })
     key = resolve_seed(5)[1]
     with InProcessRunner(dpx.EnvironmentConfig(Noise, seed=5), key) as reference:

@@ -22,22 +22,17 @@ ray = pytest.importorskip("ray")
 
 from dpx_ray.runner import RayRunner  # noqa: E402  (needs ray)
 
-TESTS = Path(__file__).resolve().parent
-
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    """One local Ray for the module; its workers import ``ray_envs`` from this folder."""
-    sys.path.insert(0, str(TESTS))
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
-             runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}})
+    """One local Ray for the module (its workers import ``dpx.testing_envs`` like any installed module)."""
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024)
     yield
     ray.shutdown()
-    sys.path.remove(str(TESTS))
 
 
 def generate(tmp_path, name, runner="ray", workers=2, batch_nb=4, batch_size=50, **kwargs):
-    from ray_envs import Noise
+    from dpx.testing_envs import Noise
 
     kwargs.setdefault("environment_class", Noise)
     config = dpx.EnvironmentConfig(runner=runner, workers=workers, seed=11, **kwargs)
@@ -63,7 +58,7 @@ def test_same_dataset_as_in_process_for_any_number_of_actors(tmp_path):
 
 
 def test_refused_samples_are_counted_and_recorded_as_in_process(tmp_path):
-    from ray_envs import Picky
+    from dpx.testing_envs import Picky
 
     runs = {runner: generate(tmp_path, runner, runner=runner, workers=workers, environment_class=Picky,
                              record_wrong_samples=True)
@@ -90,7 +85,7 @@ def test_bad_options_and_env_kwargs_that_cannot_travel(tmp_path):
 
 @pytest.mark.parametrize("how", ["raise", "exit", "kill", "hang"])
 def test_a_failing_actor_is_restarted_and_nothing_is_lost(tmp_path, how, caplog):
-    from ray_envs import Faulty
+    from dpx.testing_envs import Faulty
 
     reference = dataset(generate(tmp_path, "reference", runner="inprocess", workers=1,
                                  environment_class=Faulty, env_kwargs={"how": how, "threshold": 99.0}))
@@ -107,7 +102,7 @@ def test_a_failing_actor_is_restarted_and_nothing_is_lost(tmp_path, how, caplog)
 
 
 def test_an_actor_failing_every_time_stops_the_run_cleanly(tmp_path):
-    from ray_envs import Faulty
+    from dpx.testing_envs import Faulty
 
     with pytest.raises(WorkerError) as raised:
         generate(tmp_path, "doomed", environment_class=Faulty, env_kwargs={"how": "raise", "always": True},
@@ -120,7 +115,7 @@ def test_an_actor_failing_every_time_stops_the_run_cleanly(tmp_path):
 
 
 def test_get_prediction_travels_to_the_driver_and_back():
-    from ray_envs import Asking
+    from dpx.testing_envs import Asking
 
     config = dpx.EnvironmentConfig(Asking, runner="ray", workers=2, seed=0, runner_kwargs={"max_restarts": 0})
     asked = []
@@ -141,14 +136,14 @@ def test_get_prediction_travels_to_the_driver_and_back():
 
 
 def test_visual_updates_reach_the_viewer(tmp_path, dpx_plugin):
-    import ray_envs
+    from dpx import testing_envs
 
     module = type(sys)("recorder_plugin")
-    module.dpx_visualizers = dpx.hookimpl(lambda: {"recorder": "ray_envs:Recorder"})
+    module.dpx_visualizers = dpx.hookimpl(lambda: {"recorder": "dpx.testing_envs:Recorder"})
     dpx_plugin(module, name="recorder")
-    config = dpx.EnvironmentConfig(ray_envs.Moving, runner="ray", workers=2, seed=0, visualizer="recorder")
+    config = dpx.EnvironmentConfig(testing_envs.Moving, runner="ray", workers=2, seed=0, visualizer="recorder")
     summary = dpx.DataGeneration(config, session_dir=str(tmp_path), batch_nb=2, batch_size=3, progress=False).execute()
-    viewer = ray_envs.Recorder.instances[-1]
+    viewer = testing_envs.Recorder.instances[-1]
     assert viewer.closed and set(viewer.scenes) == {0, 1} and viewer.scenes[0][0]["kind"] == "points"
     assert len(viewer.updates) == 6
     stored = dpx.open_database(summary.session_path).read()["input"]
@@ -172,12 +167,11 @@ def descendants(pid: int) -> set[int]:
 def test_ctrl_c_stops_its_own_ray_and_leaves_a_resumable_session(tmp_path):
     """The job starts its own local Ray (the runner's default): Ctrl-C must leave no Ray process behind."""
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
         "import dpx\n"
-        "from ray_envs import Noise\n"
+        "from dpx.testing_envs import Noise\n"
         "config = dpx.EnvironmentConfig(Noise, runner='ray', workers=2, seed=0, runner_kwargs={'chunk_size': 1})\n"
         "dpx.DataGeneration(config, session_dir=%r, session_name='s', batch_nb=10**6, batch_size=10, progress=False).execute()\n"
-    ) % (str(TESTS), str(tmp_path))
+    ) % (str(tmp_path),)
     job = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (tmp_path / "s" / "dataset" / "dataset.json").exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,9 +119,8 @@ def test_save_each_epoch_and_which_network(tmp_path):
 
 
 @pytest.mark.parametrize(("runner", "workers"), [("inprocess", 1), ("multiprocess", 2)])
-def test_get_prediction_from_inside_step(tmp_path, monkeypatch, runner, workers):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # worker processes import the environment by path
-    from torch_envs import Asking
+def test_get_prediction_from_inside_step(tmp_path, runner, workers):
+    from dpx.testing_envs import Asking
 
     dataset = generate(tmp_path, "toy.mean", batch_nb=4, n_points=5)
     train(tmp_path, dataset, FC, epoch_nb=1).execute()

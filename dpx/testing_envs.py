@@ -1,4 +1,9 @@
-"""Environments for the ray runner tests: a module the Ray workers import by path."""
+"""Small environments and a viewer for testing runners, pipelines and viewers.
+
+They live in the installed package, so worker processes and Ray actors import
+them by path like any plugin's environment. Plugin authors testing a runner or
+a visualizer can use them too.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ import dpx
 
 
 class Noise(dpx.Environment):
+    """Three normal values and their sum; ``shape`` is accepted and ignored (to send a tuple)."""
+
     def __init__(self, size: int = 3, shape: list | None = None):
         self.size = size
 
@@ -55,6 +62,14 @@ class Faulty(Noise):
         raise FloatingPointError("the solver diverged")
 
 
+class Slow(Noise):
+    """Takes 10 ms a sample: long enough to interrupt a run in the middle."""
+
+    def step(self):
+        time.sleep(0.01)
+        super().step()
+
+
 class Asking(dpx.Environment):
     """Asks the network from inside step(), then checks it is handed the same prediction back."""
 
@@ -67,7 +82,7 @@ class Asking(dpx.Environment):
         self.set_training_data(input=cloud, ground_truth=cloud.mean(axis=0))
 
     def apply_prediction(self, prediction):
-        np.testing.assert_allclose(prediction["prediction"], self.answer, rtol=1e-6)
+        np.testing.assert_allclose(prediction["prediction"], self.answer, rtol=1e-5)
 
 
 class Moving(dpx.Environment):
@@ -89,7 +104,7 @@ class Recorder:
     instances: list = []
 
     def __init__(self, **options):
-        self.scenes, self.updates, self.closed = {}, [], False
+        self.options, self.scenes, self.updates, self.closed = options, {}, [], False
         Recorder.instances.append(self)
 
     def add_scene(self, instance_id, objects):
