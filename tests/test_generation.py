@@ -228,3 +228,8 @@ def test_existing_dir_is_extended_or_copied(tmp_path):
                               progress=False).execute()
     assert copy.session_path.name == "copy" and copy.total == 16
     assert dpx.open_database(first).count() == 8, "a new session must not modify the dataset it copied"
+
+
+def test_load_samples_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match=r"load_samples=True: feeding stored samples .* not supported yet"):
+        dpx.EnvironmentConfig(Noise, load_samples=True)

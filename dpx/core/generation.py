@@ -115,23 +115,23 @@ class DataGeneration:
             # writing releases the GIL, so storage hides behind simulation. Small
             # batches are stored at once: handing them over would cost more.
             with ThreadPoolExecutor(1, thread_name_prefix="dpx-writer") as writer:
-                stored = None
+                storing = None  # the batch the thread is storing, if any
                 for first in range(start, total, self.batch_size):
                     ids = np.arange(first, min(first + self.batch_size, total))
                     batch = runner.produce(ids, stream)
-                    if stored is None:
+                    if first == start:
                         database.prepare(mode, {name: (a.dtype, a.shape[1:]) for name, a in batch.items()})
-                    else:
-                        stored.result()
+                    if storing is not None:
+                        storing.result()
+                        storing = None
                     if sum(a.nbytes for a in batch.values()) >= BACKGROUND_WRITE_BYTES:
-                        stored = writer.submit(database.append, mode, batch)
+                        storing = writer.submit(database.append, mode, batch)
                     else:
                         database.append(mode, batch)
-                        stored = _DONE
                     produced += len(ids)
                     progress.update(len(ids))
-                if stored is not None:
-                    stored.result()
+                if storing is not None:
+                    storing.result()
         except KeyboardInterrupt:
             interrupted = True
             raise
@@ -175,17 +175,6 @@ class DataGeneration:
             return int(previous["seed"])
         seed, _ = resolve_seed(None)
         return seed
-
-
-class _Done:
-    """A batch already stored: nothing to wait for."""
-
-    @staticmethod
-    def result() -> None:
-        return None
-
-
-_DONE = _Done()
 
 
 class _WrongSampleSink:

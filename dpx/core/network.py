@@ -27,7 +27,6 @@ hook) through this small interface, with NumPy arrays on both sides:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -96,11 +95,6 @@ def find_checkpoint(location: str | Path, name: str, which: int = -1) -> Path:
     raise FileNotFoundError(
         f"network_dir={str(location)!r}: {wanted} named {name!r} is not saved there; saved: {saved or 'nothing'}"
     )
-
-
-def saved_epochs(network_dir: Path, name: str) -> list[int]:
-    pattern = re.compile(rf"{re.escape(name)}_(\d+)\.pt")
-    return sorted(int(m.group(1)) for p in network_dir.glob("*.pt") if (m := pattern.fullmatch(p.name)))
 
 
 def normalization_from(moments: dict[str, Any], fields: list[str]) -> Normalization:

@@ -25,7 +25,6 @@ import numpy as np
 from dpx.core.environment import Environment, Field, FieldError
 
 NonFinitePolicy = Literal["error", "drop"]
-NON_FINITE_POLICIES = ("error", "drop")
 #: Batch buffers used in turn: a batch stays valid while the next is produced.
 BUFFERS = 2
 #: Stream reserved for draws outside samples (e.g. in ``create``).
@@ -240,7 +239,7 @@ class SampleProducer:
         self._turn = (self._turn + 1) % BUFFERS
         arrays = batch.arrays
         states = self.rng.plan(sample_ids, stream)
-        slots = [(name, shape, dtype, arrays[name], self._good_dtypes[name]) for name, shape, dtype in self._slots]
+        slots = self._slots_for(arrays)
         ids = sample_ids.tolist()
         for row in range(first_row, count):
             self._copy(self._step_until_accepted(ids[row], states[row]), slots, row, ids[row])
@@ -267,9 +266,12 @@ class SampleProducer:
         self._good_dtypes = {name: set() for name in self.fields}
         if first is None:
             return 0
-        arrays = self._batches[self._turn].arrays
-        self._copy(first, [(n, s, d, arrays[n], self._good_dtypes[n]) for n, s, d in self._slots], 0, first_id)
+        self._copy(first, self._slots_for(self._batches[self._turn].arrays), 0, first_id)
         return 1
+
+    def _slots_for(self, arrays: dict[str, np.ndarray]) -> list:
+        """Per field: name, shape, dtype, its buffer in ``arrays`` and the dtypes already checked."""
+        return [(name, shape, dtype, arrays[name], self._good_dtypes[name]) for name, shape, dtype in self._slots]
 
     def _step_until_accepted(self, sample_id: int, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
         env, sample = self.env, self.env.sample
@@ -361,8 +363,7 @@ class SampleProducer:
             self.env.sample.clear()
             for _ in range(self.simulations_per_step):
                 self._step()
-            slots = [(n, s, d, arrays[n], self._good_dtypes[n]) for n, s, d in self._slots]
-            self._copy(self.env.sample, slots, row, sample_id)
+            self._copy(self.env.sample, self._slots_for(arrays), row, sample_id)
             if all(np.isfinite(arrays[n][row]).all() for n, f in self.fields.items() if f.dtype.kind in "fc"):
                 return
         raise SampleError(
