@@ -160,8 +160,10 @@ def test_ctrl_c_leaves_no_orphan_and_a_resumable_session(tmp_path):
     job = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        listing = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(job.pid)], capture_output=True, text=True)
-        children = [line.split()[0] for line in listing.stdout.splitlines() if "resource_tracker" not in line]
+        listing = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(job.pid)], capture_output=True, text=True)
+        # Only processes that have exec'd into a worker: a child caught between fork and exec
+        # (the resource tracker, say) still shows this job's command line.
+        children = [line.split()[0] for line in listing.stdout.splitlines() if "spawn_main" in line]
         if len(children) >= 2 and (tmp_path / "s" / "dataset" / "dataset.json").exists():
             break
         time.sleep(0.1)
