@@ -62,6 +62,13 @@ class Faulty(Noise):
         raise FloatingPointError("the solver diverged")
 
 
+class Stuck(Noise):
+    """Never finishes building its simulation, as a solver waiting on a licence or a lock would."""
+
+    def create(self):
+        time.sleep(3600)
+
+
 class Slow(Noise):
     """Takes 10 ms a sample: long enough to interrupt a run in the middle."""
 

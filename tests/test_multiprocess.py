@@ -135,10 +135,17 @@ def test_malformed_message_from_an_authenticated_peer(tmp_path):
 
 
 def test_worker_that_never_connects_times_out():
-    runner, thread, outcome = start_waiting_runner({"timeout": 0.5})
+    runner, thread, outcome = start_waiting_runner({"start_timeout": 0.5})
     thread.join(10)
     runner.close()
-    assert "worker 0 did not connect within 0.5s" in str(outcome.get("error"))
+    assert "worker 0 did not connect within start_timeout=0.5s" in str(outcome.get("error"))
+
+
+def test_a_worker_stuck_building_its_environment_is_reported(tmp_path):
+    from dpx.testing_envs import Stuck
+
+    with pytest.raises(WorkerError, match=r"(?s)worker 0 hung: not ready within start_timeout=5s.*max_restarts=0 reached"):
+        generate(tmp_path, "stuck", environment_class=Stuck, runner_kwargs={"start_timeout": 5, "max_restarts": 0})
 
 
 def test_port_already_in_use(tmp_path):

@@ -15,6 +15,8 @@ a shared key (HMAC challenge) before any payload is read.
 A worker that raises, dies or hangs past ``timeout`` is reported (traceback or
 exit code); its chunk is discarded and redone, and it is restarted, up to
 ``max_restarts`` times in the whole run, before the pipeline stops cleanly.
+Starting has its own ``start_timeout``: importing a simulator or a network may
+take far longer than a step, and hand-started workers may take minutes to join.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ class MultiprocessOptions:
     authkey: str | None = None
     max_restarts: int = 3
     timeout: float = 120.0
+    start_timeout: float = 120.0
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_restarts < 0 or self.timeout <= 0 or (self.chunk_size is not None and self.chunk_size < 1):
-            raise ValueError("max_restarts must be >= 0, timeout > 0 and chunk_size >= 1")
+        if (self.max_restarts < 0 or self.timeout <= 0 or self.start_timeout <= 0
+                or (self.chunk_size is not None and self.chunk_size < 1)):
+            raise ValueError("max_restarts must be >= 0, timeout and start_timeout > 0 and chunk_size >= 1")
 
 
 class _Worker:
@@ -112,7 +116,7 @@ class MultiprocessRunner(RemoteRunner):
 
     def _connect(self, worker: _Worker) -> None:
         """Accept the worker's connection (refusing wrong keys), send it its environment, wait until ready."""
-        deadline = time.monotonic() + self.options.timeout
+        deadline = time.monotonic() + self.options.start_timeout
         while worker.conn is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -120,7 +124,7 @@ class MultiprocessRunner(RemoteRunner):
                 if worker.process is not None:
                     code = worker.process.exitcode
                     state = f" (its process {'exited with code ' + str(code) if code is not None else 'is still running'})"
-                raise WorkerError(f"{worker.describe()} did not connect within {self.options.timeout:g}s{state}")
+                raise WorkerError(f"{worker.describe()} did not connect within start_timeout={self.options.start_timeout:g}s{state}")
             self.server.settimeout(remaining)
             try:
                 sock, peer = self.server.accept()
@@ -148,6 +152,8 @@ class MultiprocessRunner(RemoteRunner):
             "record_wrong_samples": self.on_wrong_sample is not None,
         })
         try:
+            if not worker.conn.poll(max(deadline - time.monotonic(), 0)):
+                raise _Failure(worker, f"hung: not ready within start_timeout={self.options.start_timeout:g}s")
             ready = self._receive(worker)
             if ready["type"] != "ready":
                 raise _Failure(worker, f"answered {ready['type']!r} to init")

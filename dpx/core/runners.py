@@ -206,12 +206,12 @@ class RemoteRunner(Runner):
     def _count_failure(self, who: str, reason: str) -> None:
         """Report a failed environment; raise once the run's ``max_restarts`` are spent."""
         self.restarts += 1
-        self.log.warning("dpx: %s failed (restart %d of %d; the samples it was producing are discarded): %s",
-                         who, self.restarts, self.max_restarts, reason)
         if self.restarts > self.max_restarts:
             raise WorkerError(
                 f"{who} {reason}\n(max_restarts={self.max_restarts} reached; the samples stored so far are intact)"
             )
+        self.log.warning("dpx: %s failed (restart %d of %d; the samples it was producing are discarded): %s",
+                         who, self.restarts, self.max_restarts, reason)
 
 
 class InProcessRunner(Runner):

@@ -62,8 +62,9 @@ class RayOptions:
     what ``ray.init()`` does (join ``RAY_ADDRESS`` or a ``ray start`` cluster
     of this machine, else start a local Ray); ``"auto"`` or
     ``"ray://HOST:10001"`` joins a running cluster. ``num_cpus``: CPUs each actor holds (fractions allowed).
-    ``max_restarts``, ``timeout`` (seconds per chunk) and ``chunk_size`` mean
-    what they mean for the multiprocess runner. ``init_kwargs`` go to
+    ``max_restarts``, ``timeout`` (seconds per chunk), ``start_timeout``
+    (seconds to place and start an actor) and ``chunk_size`` mean what they
+    mean for the multiprocess runner. ``init_kwargs`` go to
     ``ray.init``; ``actor_options`` to each environment actor's ``.options()``
     (e.g. ``num_gpus``, ``resources``, ``scheduling_strategy``).
     """
@@ -72,6 +73,7 @@ class RayOptions:
     num_cpus: float = 1.0
     max_restarts: int = 3
     timeout: float = 120.0
+    start_timeout: float = 120.0
     chunk_size: int | None = None
     init_kwargs: dict[str, Any] = field(default_factory=dict)
     actor_options: dict[str, Any] = field(default_factory=dict)
@@ -83,6 +85,7 @@ class RayOptions:
             "num_cpus": isinstance(self.num_cpus, number) and self.num_cpus >= 0,
             "max_restarts": isinstance(self.max_restarts, int) and self.max_restarts >= 0,
             "timeout": isinstance(self.timeout, number) and self.timeout > 0,
+            "start_timeout": isinstance(self.start_timeout, number) and self.start_timeout > 0,
             "chunk_size": self.chunk_size is None or (isinstance(self.chunk_size, int) and self.chunk_size >= 1),
             "init_kwargs": isinstance(self.init_kwargs, dict),
             "actor_options": isinstance(self.actor_options, dict),
@@ -292,11 +295,12 @@ class RayRunner(RemoteRunner):
         waiting = list(slots)
         while waiting:
             oldest = min(waiting, key=lambda s: s.since)
-            ref = self._wait(waiting, oldest.since + self.options.timeout)
+            ref = self._wait(waiting, oldest.since + self.options.start_timeout)
             if ref is None:
                 raise WorkerError(
-                    f"{oldest.describe()} did not start within timeout={self.options.timeout:g}s: does the cluster "
-                    f"have {self.options.num_cpus:g} free CPU(s) for each of the {self.instance_nb} actors? "
+                    f"{oldest.describe()} did not start within start_timeout={self.options.start_timeout:g}s: "
+                    f"either its environment is stuck building its simulation, or the cluster lacks "
+                    f"{self.options.num_cpus:g} free CPU(s) for each of the {self.instance_nb} actors "
                     "(`ray status` shows its resources)"
                 )
             slot = next(s for s in waiting if s.ref == ref)

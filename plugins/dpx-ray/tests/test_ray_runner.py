@@ -83,6 +83,17 @@ def test_bad_options_and_env_kwargs_that_cannot_travel(tmp_path):
         generate(tmp_path, "invalid", runner_kwargs={"num_cpus": "1", "timeout": 0})
 
 
+def test_actors_that_do_not_start_stop_the_run_with_the_reason(tmp_path):
+    from dpx.testing_envs import Stuck
+
+    not_started = r"actor 0 did not start within start_timeout=3s: either its environment is stuck .* lacks 64 free CPU"
+    with pytest.raises(WorkerError, match=not_started):
+        generate(tmp_path, "too big", runner_kwargs={"num_cpus": 64, "start_timeout": 3})
+    with pytest.raises(WorkerError, match=not_started.replace("64", "1")):
+        generate(tmp_path, "stuck", environment_class=Stuck, runner_kwargs={"start_timeout": 3})
+    assert generate(tmp_path, "after", batch_nb=1).total == 50, "the stuck actors were not released"
+
+
 @pytest.mark.parametrize("how", ["raise", "exit", "kill", "hang"])
 def test_a_failing_actor_is_restarted_and_nothing_is_lost(tmp_path, how, caplog):
     from dpx.testing_envs import Faulty
