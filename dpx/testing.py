@@ -7,6 +7,10 @@
   ``check_env``.
 * :func:`assert_light_import` checks, in a fresh interpreter, that importing a
   plugin's entry-point module pulls in no heavy library.
+* :class:`RunnerChecks` runs the scenarios every runner must pass (same
+  dataset as in-process, failures retried, refused samples, predictions and
+  viewers across processes), so a new runner plugin is tested like the
+  built-in ``multiprocess`` one and dpx-ray.
 * The ``dpx_plugin`` pytest fixture registers a plugin for one test. It is
   available in every test once dpx is installed (dpx registers this module as
   a pytest plugin).
@@ -14,10 +18,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import subprocess
 import sys
+import types
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,6 +85,206 @@ def assert_light_import(module: str, heavy: Iterable[str] = HEAVY_MODULES) -> No
     assert result.returncode == 0, f"importing {module} failed:\n{result.stderr}"
     imported = json.loads(result.stdout.strip().splitlines()[-1])
     assert not imported, f"importing {module} pulls in heavy modules {imported}; import them where they are used"
+
+
+class RunnerChecks:
+    """The scenarios a runner must pass, each compared with the ``inprocess`` runner.
+
+    ``RunnerChecks("multiprocess", tmp_path).same_dataset()`` generates small
+    datasets with :mod:`dpx.testing_envs` environments under ``directory`` and
+    raises ``AssertionError`` saying what differs. ``runner_kwargs`` go to every
+    run (e.g. Ray's ``num_cpus``); a check's own options are added to them.
+    """
+
+    def __init__(self, runner: str, directory: str | os.PathLike, *, workers: int = 2,
+                 runner_kwargs: dict[str, Any] | None = None) -> None:
+        self.runner, self.directory, self.workers = runner, Path(directory), workers
+        self.runner_kwargs = dict(runner_kwargs or {})
+        self._runs = 0
+
+    def generate(self, environment: type | None = None, *, local: bool = False, batch_nb: int = 4,
+                 batch_size: int = 50, runner_kwargs: dict[str, Any] | None = None, **config: Any) -> Any:
+        """Generate in a fresh session, with this runner or (``local``) the in-process one."""
+        from dpx.core.config import EnvironmentConfig
+        from dpx.core.generation import DataGeneration
+        from dpx.testing_envs import Noise
+
+        self._runs += 1
+        options = {} if local else {**self.runner_kwargs, **(runner_kwargs or {})}
+        config = EnvironmentConfig(environment or Noise, runner="inprocess" if local else self.runner,
+                                   workers=1 if local else config.pop("workers", self.workers), seed=11,
+                                   runner_kwargs=options, **config)
+        return DataGeneration(config, session_dir=str(self.directory), session_name=f"run{self._runs}",
+                              batch_nb=batch_nb, batch_size=batch_size, progress=False).execute()
+
+    @staticmethod
+    def stored(summary: Any) -> dict[str, np.ndarray]:
+        from dpx.core.database import open_database
+
+        return open_database(summary.session_path).read()
+
+    def same_dataset(self, *variants: dict[str, Any]) -> None:
+        """One worker, ``workers`` workers and each variant of the options all store the in-process dataset."""
+        reference = self.stored(self.generate(local=True))
+        runs = [({"workers": 1}, {}), ({}, {})] + [({}, variant) for variant in variants]
+        for config, options in runs:
+            stored = self.stored(self.generate(runner_kwargs=options, **config))
+            for name, array in reference.items():
+                assert np.array_equal(stored[name], array), (
+                    f"{self.runner} {config or ''}{options or ''}: field {name!r} differs from the in-process dataset"
+                )
+
+    def portable_kwargs(self) -> None:
+        """``env_kwargs`` that cannot reach another process are refused up front; tuples arrive as lists."""
+        from dpx.core.config import ConfigError
+
+        try:
+            self.generate(env_kwargs={"shape": object()})
+        except ConfigError as exc:
+            assert "env_kwargs['shape']=<object object" in str(exc) and "cannot be sent" in str(exc), exc
+        else:
+            raise AssertionError(f"{self.runner} accepted env_kwargs it cannot send")
+        assert self.generate(env_kwargs={"shape": (2, 3)}).total == 200
+
+    def refused_samples(self) -> None:
+        """Samples refused by ``check_sample`` are counted and recorded as in-process."""
+        from dpx.testing_envs import Picky
+
+        local, remote = (self.generate(Picky, local=flag, record_wrong_samples=True) for flag in (True, False))
+        assert np.array_equal(self.stored(remote)["input"], self.stored(local)["input"])
+        assert remote.refused == local.refused > 0, (remote.refused, local.refused)
+
+        def recorded(summary: Any) -> list[tuple[str, bytes]]:
+            files = sorted((summary.session_path / "dataset" / "wrong_samples").glob("*.npz"))
+            return sorted((f.name.split("_")[0], np.load(f)["input"].tobytes()) for f in files)
+
+        assert recorded(remote) == recorded(local) and len(recorded(remote)) == remote.refused
+
+    def failures(self, hows: Iterable[str] = ("raise", "exit", "kill", "hang"), timeout: float = 3.0) -> dict[str, str]:
+        """Environments that raise, exit, are SIGKILLed or hang once are restarted and nothing is lost.
+
+        Returns what the runner logged for each failure, for runner-specific checks.
+        """
+        from dpx.testing_envs import Faulty
+
+        reasons = {}
+        for how in hows:
+            reference = self.stored(self.generate(Faulty, local=True, env_kwargs={"how": how, "threshold": 99.0}))
+            marker = self.directory / f"{how}-{self._runs}.marker"
+            with _warnings() as logged:
+                summary = self.generate(Faulty, env_kwargs={"how": how, "marker": str(marker)},
+                                        runner_kwargs={"timeout": timeout, "max_restarts": 3})
+            assert marker.exists(), f"the {how!r} failure was not injected"
+            assert np.array_equal(self.stored(summary)["input"], reference["input"]), (
+                f"{self.runner} after a {how!r} failure: samples lost, duplicated or half-written")
+            text = "\n".join(logged)
+            assert "restart 1 of 3" in text, f"{self.runner} did not report the {how!r} failure: {text!r}"
+            expected = {"raise": "FloatingPointError('the solver diverged')",
+                        "hang": f"hung: no answer within timeout={timeout:g}s"}.get(how, "")
+            assert expected in text, f"{self.runner} reported a {how!r} failure as {text!r}"
+            reasons[how] = text
+        return reasons
+
+    def gives_up(self) -> None:
+        """An environment failing every time stops the run after ``max_restarts``, keeping what is stored."""
+        from dpx.core.database import open_database
+        from dpx.core.runners import WorkerError
+        from dpx.testing_envs import Faulty
+
+        try:
+            self.generate(Faulty, env_kwargs={"how": "raise", "always": True}, batch_nb=20,
+                          runner_kwargs={"max_restarts": 2})
+        except WorkerError as exc:
+            message = str(exc)
+        else:
+            raise AssertionError(f"{self.runner} went on with an environment that always fails")
+        assert "FloatingPointError('the solver diverged')" in message and "in break_down" in message, message
+        assert "max_restarts=2 reached" in message, message
+        stored = open_database(self.directory / f"run{self._runs}")
+        assert stored.count() % 50 == 0 and np.isfinite(stored.read()["input"]).all()
+
+    def stuck_start(self, start_timeout: float = 3.0) -> str:
+        """An environment stuck building its simulation stops the run after ``start_timeout``; returns the message."""
+        from dpx.core.runners import WorkerError
+        from dpx.testing_envs import Stuck
+
+        try:
+            self.generate(Stuck, runner_kwargs={"start_timeout": start_timeout, "max_restarts": 0})
+        except WorkerError as exc:
+            message = str(exc)
+        else:
+            raise AssertionError(f"{self.runner} produced samples from environments that never started")
+        assert f"start_timeout={start_timeout:g}s" in message, message
+        assert self.generate(batch_nb=1).total == 50, "the stuck environments were not released"
+        return message
+
+    def predictions(self) -> None:
+        """``get_prediction`` inside ``step`` reaches the predictor, and ``apply`` hands predictions back."""
+        from dpx.core.config import EnvironmentConfig
+        from dpx.core.producer import resolve_seed
+        from dpx.core.runners import WorkerError
+        from dpx.plugins import load
+        from dpx.testing_envs import Asking
+
+        runner_class = load("runners", self.runner)
+        config = EnvironmentConfig(Asking, runner=self.runner, workers=self.workers, seed=0,
+                                   runner_kwargs={**self.runner_kwargs, "max_restarts": 0})
+        asked = []
+
+        def predictor(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            asked.append(inputs["input"].shape)
+            return {"prediction": inputs["input"].mean(axis=0) * 2}
+
+        with runner_class(config, resolve_seed(0)[1]) as runner:
+            runner.connect(predictor)
+            for step in range(3):
+                ids = np.arange(self.workers * step, self.workers * (step + 1))
+                batch = runner.produce(ids, pinned=True)
+                runner.apply(batch["ground_truth"] * 2)  # Asking checks it gets back what it was told
+        assert asked == [(5, 3)] * (3 * self.workers), asked
+        with runner_class(config, resolve_seed(0)[1]) as runner:
+            try:
+                runner.produce(np.arange(self.workers))
+            except WorkerError as exc:
+                assert "needs a network" in str(exc), exc
+            else:
+                raise AssertionError(f"{self.runner}: get_prediction without a network did not fail")
+
+    def visuals(self) -> None:
+        """Each environment's scene and every step's update reach the viewer, tagged with its instance."""
+        from dpx.hookspecs import hookimpl
+        from dpx.plugins import get_plugins
+        from dpx.testing_envs import Moving, Recorder
+
+        plugin = types.ModuleType("dpx_check_recorder")
+        plugin.dpx_visualizers = hookimpl(lambda: {"recorder": "dpx.testing_envs:Recorder"})
+        plugins = get_plugins()
+        plugins.register(plugin, name="dpx-check-recorder", source="test")
+        try:
+            summary = self.generate(Moving, visualizer="recorder", batch_nb=2, batch_size=5)
+        finally:
+            plugins.unregister("dpx-check-recorder")
+        viewer = Recorder.instances[-1]
+        assert viewer.closed and set(viewer.scenes) == set(range(self.workers)), sorted(viewer.scenes)
+        assert all(scene[0]["kind"] == "points" for scene in viewer.scenes.values())
+        assert {instance for instance, _ in viewer.updates} == set(range(self.workers))
+        shown = sorted(np.ravel(updates[0]["positions"]).tobytes() for _, updates in viewer.updates)
+        stored = sorted(np.ravel(sample).tobytes() for sample in self.stored(summary)["input"])
+        assert shown == stored, "every stored sample must be shown once"
+
+
+@contextlib.contextmanager
+def _warnings() -> Iterator[list[str]]:
+    """The warnings dpx logs meanwhile."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("dpx")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
 
 
 try:

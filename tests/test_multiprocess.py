@@ -21,63 +21,55 @@ from dpx.core.config import ConfigError
 from dpx.core.multiprocess import MultiprocessRunner
 from dpx.core.producer import resolve_seed
 from dpx.core.runners import WorkerError
+from dpx.testing import RunnerChecks
 
 
-def generate(tmp_path, name, runner="multiprocess", workers=2, batch_nb=4, batch_size=50, **kwargs):
+@pytest.fixture
+def checks(tmp_path) -> RunnerChecks:
+    return RunnerChecks("multiprocess", tmp_path)
+
+
+def generate(tmp_path, name, **kwargs):
     from dpx.testing_envs import Noise
 
     kwargs.setdefault("environment_class", Noise)
-    config = dpx.EnvironmentConfig(runner=runner, workers=workers, seed=11, **kwargs)
-    return dpx.DataGeneration(config, session_dir=str(tmp_path), session_name=name, batch_nb=batch_nb,
-                              batch_size=batch_size, progress=False).execute()
+    config = dpx.EnvironmentConfig(runner="multiprocess", workers=2, seed=11, **kwargs)
+    return dpx.DataGeneration(config, session_dir=str(tmp_path), session_name=name, batch_nb=4, batch_size=50,
+                              progress=False).execute()
 
 
-def dataset(summary) -> np.ndarray:
-    return dpx.open_database(summary.session_path).read()["input"]
+def test_same_dataset_for_any_number_of_workers_and_chunks(checks):
+    checks.same_dataset({"chunk_size": 7})
+    RunnerChecks("multiprocess", checks.directory / "three", workers=3).same_dataset()
 
 
-def test_same_dataset_for_any_number_of_workers(tmp_path):
-    reference = dataset(generate(tmp_path, "inprocess", runner="inprocess", workers=1))
-    for workers in (1, 3):
-        assert np.array_equal(dataset(generate(tmp_path, f"w{workers}", workers=workers)), reference)
-    chunked = generate(tmp_path, "chunks", runner_kwargs={"chunk_size": 7})
-    assert np.array_equal(dataset(chunked), reference)
+def test_env_kwargs_must_travel(checks):
+    checks.portable_kwargs()
 
 
-def test_env_kwargs_must_travel(tmp_path):
-    with pytest.raises(ConfigError, match=r"env_kwargs\['shape'\]=<object object .*> cannot be sent to worker processes"):
-        generate(tmp_path, "bad", env_kwargs={"shape": object()})
-    assert generate(tmp_path, "tuple", env_kwargs={"shape": (2, 3)}).total == 200  # tuples arrive as lists
+def test_refused_samples_are_recorded_from_workers_too(checks):
+    checks.refused_samples()
 
 
-@pytest.mark.parametrize("how", ["raise", "kill", "hang"])
-def test_a_failing_worker_is_restarted_and_nothing_is_lost(tmp_path, how, caplog):
-    from dpx.testing_envs import Faulty
-
-    reference = dataset(generate(tmp_path, "reference", runner="inprocess", workers=1,
-                                 environment_class=Faulty, env_kwargs={"how": how, "threshold": 99.0}))
-    marker = tmp_path / f"{how}.marker"
-    with caplog.at_level(logging.WARNING, logger="dpx.multiprocess"):
-        summary = generate(tmp_path, how, environment_class=Faulty, env_kwargs={"how": how, "marker": str(marker)},
-                           runner_kwargs={"timeout": 3.0})
-    assert marker.exists(), "the failure was not injected"
-    assert np.array_equal(dataset(summary), reference), "samples lost, duplicated or half-written"
-    expected = {"raise": "FloatingPointError('the solver diverged')", "kill": "died with exit code -9",
-                "hang": "hung: no answer within timeout=3s"}[how]
-    assert expected in caplog.text and "restart 1 of 3" in caplog.text
+def test_a_failing_worker_is_restarted_and_nothing_is_lost(checks):
+    reasons = checks.failures()
+    assert "died with exit code 1" in reasons["exit"] and "died with exit code -9 (killed by a signal)" in reasons["kill"]
 
 
-def test_a_worker_failing_every_time_stops_the_run_cleanly(tmp_path):
-    from dpx.testing_envs import Faulty
+def test_a_worker_failing_every_time_stops_the_run_cleanly(checks):
+    checks.gives_up()
 
-    with pytest.raises(WorkerError) as raised:
-        generate(tmp_path, "doomed", environment_class=Faulty, env_kwargs={"how": "raise", "always": True},
-                 batch_nb=20, runner_kwargs={"max_restarts": 2})
-    message = str(raised.value)
-    assert "FloatingPointError('the solver diverged')" in message and "in break_down" in message
-    assert "max_restarts=2 reached" in message
-    stored = dpx.open_database(tmp_path / "doomed")
-    assert stored.count() % 50 == 0 and np.isfinite(stored.read()["input"]).all()
+
+def test_a_worker_stuck_building_its_environment_is_reported(checks):
+    assert "worker 0 hung: not ready within start_timeout=3s" in checks.stuck_start()
+
+
+def test_get_prediction_from_workers(checks):
+    checks.predictions()
+
+
+def test_visual_objects_travel_from_workers_to_the_viewer(checks):
+    checks.visuals()
 
 
 def start_waiting_runner(runner_kwargs):
@@ -141,13 +133,6 @@ def test_worker_that_never_connects_times_out():
     assert "worker 0 did not connect within start_timeout=0.5s" in str(outcome.get("error"))
 
 
-def test_a_worker_stuck_building_its_environment_is_reported(tmp_path):
-    from dpx.testing_envs import Stuck
-
-    with pytest.raises(WorkerError, match=r"(?s)worker 0 hung: not ready within start_timeout=5s.*max_restarts=0 reached"):
-        generate(tmp_path, "stuck", environment_class=Stuck, runner_kwargs={"start_timeout": 5, "max_restarts": 0})
-
-
 def test_port_already_in_use(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
@@ -183,50 +168,6 @@ def test_ctrl_c_leaves_no_orphan_and_a_resumable_session(tmp_path):
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
     assert not alive, f"orphan worker processes {alive}"
     assert dpx.open_database(tmp_path / "s").count() > 0
-
-
-class Recorder:
-    """A visualizer that keeps what reaches it from the workers."""
-
-    def __init__(self):
-        self.scenes, self.updates = {}, []
-
-    def add_scene(self, instance_id, objects):
-        self.scenes[instance_id] = objects
-
-    def update(self, instance_id, updates):
-        self.updates.append((instance_id, updates))
-
-    def close(self):
-        pass
-
-
-def test_visual_objects_travel_from_workers_to_the_viewer(tmp_path, dpx_plugin):
-    from dpx.testing_envs import Moving
-
-    recorder = Recorder()
-    module = type(sys)("recorder_plugin")
-    module.dpx_visualizers = dpx.hookimpl(lambda: {"recorder": "test_multiprocess_viewer:make"})
-    dpx_plugin(module, name="recorder")
-    sys.modules["test_multiprocess_viewer"] = type(sys)("test_multiprocess_viewer")
-    sys.modules["test_multiprocess_viewer"].make = lambda: recorder
-    summary = generate(tmp_path, "visual", environment_class=Moving, visualizer="recorder", batch_nb=2, batch_size=10)
-    assert sorted(recorder.scenes) == [0, 1] and recorder.scenes[1][0]["kind"] == "points"
-    assert len(recorder.updates) == 20 and {instance for instance, _ in recorder.updates} == {0, 1}
-    shown = np.stack([updates[0]["positions"] for _, updates in recorder.updates])
-    stored = dpx.open_database(summary.session_path).read()["input"]
-    assert sorted(map(bytes, shown)) == sorted(map(bytes, stored)), "every stored sample was shown once"
-
-
-def test_refused_samples_are_recorded_from_workers_too(tmp_path):
-    from dpx.testing_envs import Picky
-
-    local = generate(tmp_path, "local", runner="inprocess", workers=1, environment_class=Picky, record_wrong_samples=True)
-    remote = generate(tmp_path, "remote", environment_class=Picky, record_wrong_samples=True)
-    assert np.array_equal(dataset(local), dataset(remote))
-    names = [sorted(p.name for p in (s.session_path / "dataset" / "wrong_samples").glob("*.npz")) for s in (local, remote)]
-    assert remote.refused == local.refused == len(names[1]) > 0
-    assert {n.split("_")[0] for n in names[0]} == {n.split("_")[0] for n in names[1]}
 
 
 def test_oversized_message_from_an_authenticated_peer(tmp_path):
