@@ -267,7 +267,8 @@ class RunnerChecks:
         viewer = Recorder.instances[-1]
         assert viewer.closed and set(viewer.scenes) == set(range(self.workers)), sorted(viewer.scenes)
         assert all(scene[0]["kind"] == "points" for scene in viewer.scenes.values())
-        assert {instance for instance, _ in viewer.updates} == set(range(self.workers))
+        updated = {instance for instance, _ in viewer.updates}
+        assert updated == set(range(self.workers)), f"{self.runner}: updates reached the viewer from environments {updated}"
         shown = sorted(np.ravel(updates[0]["positions"]).tobytes() for _, updates in viewer.updates)
         stored = sorted(np.ravel(sample).tobytes() for sample in self.stored(summary)["input"])
         assert shown == stored, "every stored sample must be shown once"
