@@ -110,6 +110,8 @@ class RunnerChecks:
         from dpx.testing_envs import Noise
 
         self._runs += 1
+        while (self.directory / f"run{self._runs}").exists():  # another kit's runs in the same folder
+            self._runs += 1
         options = {} if local else {**self.runner_kwargs, **(runner_kwargs or {})}
         config = EnvironmentConfig(environment or Noise, runner="inprocess" if local else self.runner,
                                    workers=1 if local else config.pop("workers", self.workers), seed=11,
