@@ -26,6 +26,7 @@ import multiprocessing
 import socket
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import AuthenticationError, Connection, answer_challenge, deliver_challenge, wait
 from typing import Any
@@ -316,13 +317,8 @@ class MultiprocessRunner(RemoteRunner):
     def connect(self, predictor: Any) -> None:
         self.predictor = predictor
 
-    @property
-    def stats(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for worker in self.workers:
-            for key, value in worker.stats.items():
-                totals[key] = totals.get(key, 0) + value
-        return totals
+    def _instance_stats(self) -> Iterator[dict[str, int]]:
+        return (worker.stats for worker in self.workers)
 
     def close(self) -> None:
         for worker in getattr(self, "workers", []):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -186,6 +186,17 @@ class RemoteRunner(Runner):
     @property
     def fields(self) -> dict[str, Field]:
         return self._fields
+
+    @property
+    def stats(self) -> dict[str, int]:
+        totals: Counter[str] = Counter()
+        for counts in self._instance_stats():
+            totals.update(counts)  # update keeps zero counts, where + would drop them
+        return dict(totals)
+
+    def _instance_stats(self) -> Iterator[dict[str, int]]:
+        """Each environment's counts, as it last reported them."""
+        raise NotImplementedError
 
     def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
         """Produce ``sample_ids`` across the environments; ``pinned`` gives row ``i`` to environment ``i``."""

@@ -30,6 +30,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -446,13 +447,8 @@ class RayRunner(RemoteRunner):
         except RayError as exc:
             raise WorkerError(f"could not connect the actors to the network: {exc}") from None
 
-    @property
-    def stats(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for slot in self.slots:
-            for key, value in slot.stats.items():
-                totals[key] = totals.get(key, 0) + value
-        return totals
+    def _instance_stats(self) -> Iterator[dict[str, int]]:
+        return (slot.stats for slot in self.slots)
 
     def close(self) -> None:
         """Close the environments (5 s at most), kill the actors, and stop Ray if this runner started it."""
