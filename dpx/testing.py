@@ -205,7 +205,7 @@ class RunnerChecks:
         stored = open_database(self.directory / f"run{self._runs}")
         assert stored.count() % 50 == 0 and np.isfinite(stored.read()["input"]).all()
 
-    def stuck_start(self, start_timeout: float = 3.0) -> str:
+    def stuck_start(self, start_timeout: float = 10.0) -> str:
         """An environment stuck building its simulation stops the run after ``start_timeout``; returns the message."""
         from dpx.core.runners import WorkerError
         from dpx.testing_envs import Stuck

@@ -61,7 +61,7 @@ def test_a_worker_failing_every_time_stops_the_run_cleanly(checks):
 
 
 def test_a_worker_stuck_building_its_environment_is_reported(checks):
-    assert "worker 0 hung: not ready within start_timeout=3s" in checks.stuck_start()
+    assert "worker 0 hung: not ready within start_timeout=10s" in checks.stuck_start()
 
 
 def test_get_prediction_from_workers(checks):
