@@ -5,6 +5,8 @@
   saying what is wrong (undeclared or missing fields, shapes changing, NaN,
   randomness not drawn from ``self.rng``...), in the spirit of Gymnasium's
   ``check_env``.
+* :func:`prepare_environment` sets an environment up as a pipeline does, for
+  unit tests of its own methods.
 * :func:`assert_light_import` checks, in a fresh interpreter, that importing a
   plugin's entry-point module pulls in no heavy library.
 * :class:`RunnerChecks` runs the scenarios every runner must pass (same
@@ -67,6 +69,19 @@ def check_environment(
             "draw every random number from self.rng"
         )
     return first
+
+
+def prepare_environment(environment: Any, seed: int = 0) -> Any:
+    """Run on ``environment`` the set-up a pipeline runs before stepping it, and return it.
+
+    For unit tests of an environment's own methods (``step``, ``apply_prediction``)
+    outside any pipeline; its ``rng`` is a plain generator seeded with ``seed``.
+    """
+    environment._attach(0, 1, np.random.default_rng(seed))
+    environment.create()
+    environment.init()
+    environment.init_database()
+    return environment
 
 
 def assert_light_import(module: str, heavy: Iterable[str] = HEAVY_MODULES) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 import dpx
 from dpx.core.prediction import replay
+from dpx.testing import prepare_environment
 from dpx_fem.beam import Beam
 
 BEAM = {"nx": 20, "ny": 4, "nz": 4}
@@ -97,10 +98,7 @@ def evaluate(run: Path, case: Case, seed: int, steps: int) -> Result:
 
 def time_fem(solves: int) -> tuple[Beam, float]:
     """Build the beam as dpx does and time ``solve`` (one back-substitution) on random loads."""
-    beam = Beam(**BEAM)
-    beam._attach(0, 1, np.random.default_rng(0))
-    beam.create()
-    beam.init_database()
+    beam = prepare_environment(Beam(**BEAM))
     loads = []
     for _ in range(solves):
         beam.step()

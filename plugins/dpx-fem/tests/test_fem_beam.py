@@ -7,18 +7,11 @@ import pytest
 
 import dpx
 import dpx.testing
+from dpx.testing import prepare_environment
 from dpx_fem.beam import Beam
 
 SMALL = {"nx": 8, "ny": 2, "nz": 2}
 
-
-def ready(env: Beam, seed: int = 0) -> Beam:
-    """Run the lifecycle dpx runs before stepping an environment."""
-    env._attach(0, 1, np.random.default_rng(seed))
-    env.create()
-    env.init()
-    env.init_database()
-    return env
 
 
 def end_load(env: Beam, force: np.ndarray) -> np.ndarray:
@@ -55,7 +48,7 @@ def test_tip_deflection_converges_to_euler_bernoulli() -> None:
     E, F = 2e5, 3.0
     ratios = []
     for nx in (20, 40, 80):
-        env = ready(Beam(nx=nx, ny=4, nz=4, young_modulus=E, poisson_ratio=0.3))
+        env = prepare_environment(Beam(nx=nx, ny=4, nz=4, young_modulus=E, poisson_ratio=0.3))
         length, width, height = env.size
         euler_bernoulli = F * length**3 / (3 * E * width * height**3 / 12)
         ratios.append(tip_deflection(env, F) / euler_bernoulli)
@@ -76,7 +69,7 @@ def test_deflection_scales_like_euler_bernoulli(base: dict, changed: dict, expec
     """Tip deflection ~ L^3 / (W H^3), cells of the same shape in both beams. The
     tolerances leave room for shear deflection (larger in short, thick beams)
     and for shear locking (larger in thin ones)."""
-    ratio = tip_deflection(ready(Beam(**{**base, **changed})), 1.0) / tip_deflection(ready(Beam(**base)), 1.0)
+    ratio = tip_deflection(prepare_environment(Beam(**{**base, **changed})), 1.0) / tip_deflection(prepare_environment(Beam(**base)), 1.0)
     assert ratio == pytest.approx(expected, rel=tolerance)
 
 
@@ -84,7 +77,7 @@ def test_solve_matches_scikit_fem_solve() -> None:
     """The one-off factorisation and our node numbering give scikit-fem's own answer."""
     from skfem import condense, solve
 
-    env = ready(Beam(**SMALL))
+    env = prepare_environment(Beam(**SMALL))
     forces = np.random.default_rng(1).normal(size=(env.n_nodes, 3))
     load = np.zeros(env.stiffness.shape[0])
     load[env.dofs] = forces
@@ -96,7 +89,7 @@ def test_solve_matches_scikit_fem_solve() -> None:
 def test_equilibrium_and_clamp() -> None:
     """K u equals the applied forces on free nodes, the clamped face does not move,
     and the support's reactions balance the applied forces."""
-    env = ready(Beam(**SMALL))
+    env = prepare_environment(Beam(**SMALL))
     forces = np.random.default_rng(2).normal(size=(env.n_nodes, 3))
     forces[env.clamped] = 0.0
     u = env.solve(forces)
@@ -110,7 +103,7 @@ def test_equilibrium_and_clamp() -> None:
 
 
 def test_linearity() -> None:
-    env = ready(Beam(**SMALL))
+    env = prepare_environment(Beam(**SMALL))
     rng = np.random.default_rng(3)
     f, g = rng.normal(size=(2, env.n_nodes, 3))
     np.testing.assert_allclose(env.solve(2 * f), 2 * env.solve(f), rtol=1e-12)
@@ -120,7 +113,7 @@ def test_linearity() -> None:
 
 def test_material_scaling() -> None:
     """Displacements are inversely proportional to Young's modulus."""
-    soft, stiff = ready(Beam(**SMALL, young_modulus=1e3)), ready(Beam(**SMALL, young_modulus=4e3))
+    soft, stiff = prepare_environment(Beam(**SMALL, young_modulus=1e3)), prepare_environment(Beam(**SMALL, young_modulus=4e3))
     forces = np.random.default_rng(4).normal(size=(soft.n_nodes, 3))
     np.testing.assert_allclose(soft.solve(forces), 4 * stiff.solve(forces), rtol=1e-9)
 
@@ -132,7 +125,7 @@ def test_material_scaling() -> None:
     ("layout", "shape"), [("nodes", (9 * 3 * 3, 3)), ("grid", (3, 9, 3, 3))]
 )
 def test_fields_shapes_and_dtypes(layout: str, shape: tuple[int, ...]) -> None:
-    env = ready(Beam(**SMALL, layout=layout))
+    env = prepare_environment(Beam(**SMALL, layout=layout))
     env.step()
     assert {name: (f.dtype, f.shape) for name, f in env.fields.items()} == {
         "input": (np.float32, shape),
@@ -144,7 +137,7 @@ def test_fields_shapes_and_dtypes(layout: str, shape: tuple[int, ...]) -> None:
 
 
 def test_grid_layout_is_the_nodal_layout_reshaped() -> None:
-    nodes, grid = ready(Beam(**SMALL), 5), ready(Beam(**SMALL, layout="grid"), 5)
+    nodes, grid = prepare_environment(Beam(**SMALL), 5), prepare_environment(Beam(**SMALL, layout="grid"), 5)
     nodes.step()
     grid.step()
     nx, ny, nz = nodes.cells
@@ -158,7 +151,7 @@ def test_grid_layout_is_the_nodal_layout_reshaped() -> None:
 
 
 def test_samples_follow_the_load_parameters() -> None:
-    env = ready(Beam(nx=10, ny=2, nz=2, force_range=(2.0, 3.0), load_region=(0.6, 0.9), patch_radius=0.7))
+    env = prepare_environment(Beam(nx=10, ny=2, nz=2, force_range=(2.0, 3.0), load_region=(0.6, 0.9), patch_radius=0.7))
     for _ in range(30):
         env.step()
         forces, load = env.sample["input"].astype(np.float64), env.sample["load"].astype(np.float64)
@@ -188,7 +181,7 @@ def test_conformance_and_reproducibility(layout: str) -> None:
 
 
 def test_apply_prediction_keeps_the_displacement_as_nodes() -> None:
-    env = ready(Beam(**SMALL, layout="grid"))
+    env = prepare_environment(Beam(**SMALL, layout="grid"))
     env.step()
     env.apply_prediction({"prediction": 2 * env.sample["ground_truth"]})
     np.testing.assert_allclose(env.predicted_displacement, 2 * env.displacement, rtol=1e-6, atol=1e-9)
@@ -197,7 +190,7 @@ def test_apply_prediction_keeps_the_displacement_as_nodes() -> None:
 
 
 def test_visual_objects_follow_the_simulation() -> None:
-    env = ready(Beam(**SMALL))
+    env = prepare_environment(Beam(**SMALL))
     env.init_visualization()
     fem, predicted, arrows = sorted(env.factory.scene())
     env.step()
@@ -211,7 +204,7 @@ def test_solve_before_create_and_wrong_forces() -> None:
     env = Beam(**SMALL)
     with pytest.raises(RuntimeError, match="create"):
         env.solve(np.zeros((env.n_nodes, 3)))
-    ready(env)
+    prepare_environment(env)
     with pytest.raises(ValueError, match="forces must have shape"):
         env.solve(np.zeros((3, env.n_nodes)))
 

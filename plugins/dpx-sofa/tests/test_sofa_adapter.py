@@ -25,9 +25,10 @@ import pytest
 import dpx
 import dpx.plugins
 import dpx.testing
+from dpx.testing import prepare_environment
 from dpx_sofa._sofa import MISSING_SOFA, sofa_installed
 from dpx_sofa.beam import SofaBeam
-from dpx_sofa.environment import SceneError, SofaEnvironment
+from dpx_sofa.environment import SceneError
 
 STANDIN = Path(__file__).resolve().parent / "sofa_standin"
 #: A small beam: 4 x 2 x 2 = 16 nodes, 4 of them on the free end.
@@ -48,14 +49,6 @@ def sofa(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
         if name.split(".")[0] in ("Sofa", "SofaRuntime") or name == "dpx_sofa.controller":
             del sys.modules[name]
 
-
-def ready(env: SofaEnvironment, seed: int = 0) -> SofaEnvironment:
-    """The lifecycle dpx runs before stepping an environment."""
-    env._attach(0, 1, np.random.default_rng(seed))
-    env.create()
-    env.init()
-    env.init_database()
-    return env
 
 
 def subprocess_env(standin: bool) -> dict[str, str]:
@@ -121,10 +114,8 @@ def test_registry_hook_offers_the_beam_when_sofa_is_importable(sofa: ModuleType)
 
 @real_sofa
 def test_creating_without_sofa_raises_the_install_hint() -> None:
-    env = SofaBeam(**SMALL)
-    env._attach(0, 1, np.random.default_rng(0))
     with pytest.raises(ModuleNotFoundError, match=r"SofaPython3 is not installed \(import Sofa failed\)"):
-        env.create()
+        prepare_environment(SofaBeam(**SMALL))
 
 
 # -- the adapter, against the stand-in --------------------------------------------------------
@@ -133,7 +124,7 @@ def test_creating_without_sofa_raises_the_install_hint() -> None:
 def test_create_loads_plugins_builds_the_scene_and_initialises_it(sofa: ModuleType) -> None:
     import SofaRuntime
 
-    env = ready(SofaBeam(**SMALL))
+    env = prepare_environment(SofaBeam(**SMALL))
     root = env.root
     assert root.isInitialized()
     assert SofaRuntime.imported == ["Sofa.Component"]
@@ -153,11 +144,11 @@ def test_create_loads_plugins_builds_the_scene_and_initialises_it(sofa: ModuleTy
 
 def test_create_falls_back_to_init_before_sofapython3_v24_12(sofa: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(sofa.Simulation, "initRoot")
-    assert ready(SofaBeam(**SMALL)).root.isInitialized()
+    assert prepare_environment(SofaBeam(**SMALL)).root.isInitialized()
 
 
 def test_step_animates_and_reads_fields_with_declared_shapes(sofa: ModuleType) -> None:
-    env = ready(SofaBeam(**SMALL))
+    env = prepare_environment(SofaBeam(**SMALL))
     env.step()
     assert set(env.sample) == {"input", "ground_truth"}
     for name, field in env.fields.items():
@@ -175,7 +166,7 @@ def test_step_animates_and_reads_fields_with_declared_shapes(sofa: ModuleType) -
 
 
 def test_samples_depend_only_on_the_rng(sofa: ModuleType) -> None:
-    env = ready(SofaBeam(**SMALL), seed=3)
+    env = prepare_environment(SofaBeam(**SMALL), seed=3)
     env.step()
     first = {name: value.copy() for name, value in env.sample.items()}
     env.step()
@@ -187,7 +178,7 @@ def test_samples_depend_only_on_the_rng(sofa: ModuleType) -> None:
 
 
 def test_apply_prediction_writes_into_the_prediction_mechanical_object(sofa: ModuleType) -> None:
-    env = ready(SofaBeam(**SMALL))
+    env = prepare_environment(SofaBeam(**SMALL))
     env.step()
     truth = env.read_positions(env.state)
     predicted = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
@@ -202,7 +193,7 @@ def test_apply_prediction_writes_into_the_prediction_mechanical_object(sofa: Mod
 
 
 def test_read_positions_copies_and_write_positions_checks_the_shape(sofa: ModuleType) -> None:
-    env = ready(SofaBeam(**SMALL))
+    env = prepare_environment(SofaBeam(**SMALL))
     env.step()
     before = env.read_positions(env.state)
     before[:] = 0.0  # a copy: the scene is unaffected
@@ -221,7 +212,7 @@ def test_a_scene_missing_a_component_names_it_and_lists_the_scene(sofa: ModuleTy
             root.beam.state.name.value = "dofs"
 
     with pytest.raises(SceneError) as error:
-        ready(Renamed(**SMALL))
+        prepare_environment(Renamed(**SMALL))
     message = str(error.value)
     assert message.startswith(
         "scene has no component 'beam/state' (MechanicalObject) needed by SofaBeam.read_sample; the scene has: "
@@ -235,7 +226,7 @@ def test_a_scene_missing_a_component_names_it_and_lists_the_scene(sofa: ModuleTy
             root.prediction.addObject("UniformMass", name="state")
 
     with pytest.raises(SceneError, match="'prediction/state' needed by SofaBeam.apply_prediction is a UniformMass, not a MechanicalObject"):
-        ready(WrongKind(**SMALL))
+        prepare_environment(WrongKind(**SMALL))
 
 
 def test_component_names_follow_the_installed_sofa(sofa: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,11 +234,11 @@ def test_component_names_follow_the_installed_sofa(sofa: ModuleType, monkeypatch
     components = dict(sofa.Core.COMPONENTS)
     components["FixedConstraint"] = components.pop("FixedProjectiveConstraint")
     monkeypatch.setattr(sofa.Core, "COMPONENTS", components)
-    env = ready(SofaBeam(**SMALL))
+    env = prepare_environment(SofaBeam(**SMALL))
     assert env.root.beam.clamp.getClassName() == "FixedConstraint"
     del components["FixedConstraint"]
     with pytest.raises(SceneError, match="SOFA knows none of the components FixedProjectiveConstraint, FixedConstraint"):
-        ready(SofaBeam(**SMALL))
+        prepare_environment(SofaBeam(**SMALL))
 
 
 class Recording(SofaBeam):
@@ -275,14 +266,14 @@ class Recording(SofaBeam):
 
 
 def test_controller_forwards_every_time_step_and_step_drives_the_sample(sofa: ModuleType) -> None:
-    env = ready(Recording(**{**SMALL, "animate_steps": 2}))
+    env = prepare_environment(Recording(**{**SMALL, "animate_steps": 2}))
     env.step()
     assert env.log == ["start_sample", "begin", "end", "begin", "end", "read_sample"]
 
 
 def test_when_sofa_runs_the_loop_the_controller_makes_samples(sofa: ModuleType) -> None:
     """Animating outside step() (as runSofa does) starts and reads a sample every animate_steps steps."""
-    env = ready(Recording(**{**SMALL, "animate_steps": 2}))
+    env = prepare_environment(Recording(**{**SMALL, "animate_steps": 2}))
     for _ in range(4):
         sofa.Simulation.animate(env.root, env.dt)
     sample = ["begin", "start_sample", "end", "begin", "end", "read_sample"]
@@ -314,7 +305,7 @@ def test_attach_builds_into_sofas_root_and_applies_a_connected_network(sofa: Mod
 def test_close_unloads_and_a_live_simulation_is_never_pickled(sofa: ModuleType) -> None:
     env = SofaBeam(**SMALL)
     assert isinstance(pickle.loads(pickle.dumps(env)), SofaBeam)  # parameters travel, before create()
-    ready(env)
+    prepare_environment(env)
     root = env.root
     with pytest.raises(TypeError, match="live SOFA simulation"):
         pickle.dumps(env)

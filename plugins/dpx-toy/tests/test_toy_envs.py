@@ -15,6 +15,7 @@ import pytest
 import dpx
 import dpx.plugins
 import dpx_toy
+from dpx.testing import prepare_environment
 from dpx_toy.heat import Heat
 from dpx_toy.mean import Mean
 from dpx_toy.spring import Spring
@@ -22,17 +23,9 @@ from dpx_toy.spring import Spring
 ENV_NAMES = {"toy.mean": Mean, "toy.spring": Spring, "toy.heat": Heat}
 
 
-def ready(env: dpx.Environment, seed: int = 0) -> dpx.Environment:
-    """Run the lifecycle dpx runs before stepping an environment."""
-    env._attach(0, 1, np.random.default_rng(seed))
-    env.create()
-    env.init()
-    env.init_database()
-    return env
-
 
 def stepped(env: dpx.Environment, seed: int = 0) -> dict[str, np.ndarray]:
-    ready(env, seed).step()
+    prepare_environment(env, seed).step()
     return env.sample
 
 
@@ -41,7 +34,7 @@ def stepped(env: dpx.Environment, seed: int = 0) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("cls", [Mean, Spring, Heat])
 def test_sample_matches_declared_fields(cls: type[dpx.Environment]) -> None:
-    env = ready(cls())
+    env = prepare_environment(cls())
     for _ in range(3):
         env.step()
         assert set(env.sample) == set(env.fields)
@@ -63,7 +56,7 @@ def test_same_seed_same_sample(cls: type[dpx.Environment]) -> None:
 @pytest.mark.parametrize("cls", [Mean, Spring, Heat])
 def test_reseeding_the_rng_reproduces_a_sample(cls: type[dpx.Environment]) -> None:
     """dpx reseeds env.rng before each sample: the sample must depend on nothing else."""
-    env = ready(cls(), 3)
+    env = prepare_environment(cls(), 3)
     env.step()
     first = {name: value.copy() for name, value in env.sample.items()}
     env.step()
@@ -105,7 +98,7 @@ def test_bad_parameter_is_named(cls: type[dpx.Environment], kwargs: dict, named:
 
 
 def test_mean_ground_truth_is_the_mean_of_the_input() -> None:
-    env = ready(Mean(n_points=10, dim=2))
+    env = prepare_environment(Mean(n_points=10, dim=2))
     for _ in range(5):
         env.step()
         assert env.sample["input"].shape == (10, 2)
@@ -113,7 +106,7 @@ def test_mean_ground_truth_is_the_mean_of_the_input() -> None:
 
 
 def test_mean_draws_fresh_points_each_step() -> None:
-    env = ready(Mean())
+    env = prepare_environment(Mean())
     env.step()
     first = env.sample["input"]
     env.step()
@@ -125,7 +118,7 @@ def test_mean_draws_fresh_points_each_step() -> None:
 
 def test_spring_undamped_matches_the_analytic_solution() -> None:
     dt = 0.05
-    env = ready(Spring(damping_range=(0.0, 0.0), dt=dt))
+    env = prepare_environment(Spring(damping_range=(0.0, 0.0), dt=dt))
     for _ in range(20):
         env.step()
         x0, v0, k, m, c = env.sample["input"].astype(np.float64)
@@ -162,7 +155,7 @@ def test_spring_damped_matches_a_fine_numerical_integration(k: float, m: float, 
 
 
 def test_spring_draws_parameters_in_their_ranges() -> None:
-    env = ready(Spring(stiffness_range=(2.0, 3.0), mass_range=(1.0, 1.5), damping_range=(0.1, 0.2)))
+    env = prepare_environment(Spring(stiffness_range=(2.0, 3.0), mass_range=(1.0, 1.5), damping_range=(0.1, 0.2)))
     for _ in range(50):
         env.step()
         _, _, k, m, c = env.sample["input"]
@@ -170,7 +163,7 @@ def test_spring_draws_parameters_in_their_ranges() -> None:
 
 
 def test_spring_rollout_continues_from_the_prediction() -> None:
-    env = ready(Spring())
+    env = prepare_environment(Spring())
     env.step()
     x0, v0, k, m, c = env.state
     true_x, true_v = env.simulate(x0, v0, k, m, c)
@@ -186,7 +179,7 @@ def test_spring_rollout_continues_from_the_prediction() -> None:
 
 
 def test_spring_rejects_a_prediction_of_the_wrong_size() -> None:
-    env = ready(Spring())
+    env = prepare_environment(Spring())
     with pytest.raises(RuntimeError, match="before any step"):
         env.apply_prediction({"prediction": np.zeros(1)})
     env.step()
@@ -198,7 +191,7 @@ def test_spring_rejects_a_prediction_of_the_wrong_size() -> None:
 
 
 def test_heat_loses_energy_and_stays_finite() -> None:
-    env = ready(Heat(grid_size=24))
+    env = prepare_environment(Heat(grid_size=24))
     for _ in range(5):
         env.step()
         now, later = env.sample["input"][0].astype(np.float64), env.sample["ground_truth"][0].astype(np.float64)
@@ -212,7 +205,7 @@ def test_heat_loses_energy_and_stays_finite() -> None:
 
 
 def test_heat_at_the_cfl_limit_stays_bounded_over_a_long_run() -> None:
-    env = ready(Heat(grid_size=16, dt=0.25))
+    env = prepare_environment(Heat(grid_size=16, dt=0.25))
     env.step()
     field = env.simulate(env.field, 2000)
     assert np.all(np.isfinite(field)) and np.abs(field).max() <= np.abs(env.field).max()
@@ -225,7 +218,7 @@ def test_heat_cfl_check(dx: float, dt: float, diffusivity: float) -> None:
 
 
 def test_heat_steps_per_sample_composes() -> None:
-    env = ready(Heat(grid_size=12, steps_per_sample=4))
+    env = prepare_environment(Heat(grid_size=12, steps_per_sample=4))
     env.step()
     start = env.field
     np.testing.assert_allclose(env.simulate(env.simulate(start, 1), 3), env.simulate(start, 4))
@@ -233,7 +226,7 @@ def test_heat_steps_per_sample_composes() -> None:
 
 
 def test_heat_rollout_continues_from_the_prediction() -> None:
-    env = ready(Heat(grid_size=10))
+    env = prepare_environment(Heat(grid_size=10))
     env.step()
     prediction = np.ones((1, 10, 10), dtype=np.float32)
     env.apply_prediction({"prediction": prediction})
