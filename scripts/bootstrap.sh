@@ -16,4 +16,4 @@ for plugin in plugins/*/; do
     editables+=(-e "$plugin")
 done
 echo "dpx: installing the core and ${#editables[@]} distributions into .venv (editable)"
-"${PIP[@]}" install --no-build-isolation -c constraints.txt "${editables[@]}" pytest
+"${PIP[@]}" install --no-build-isolation -c constraints.txt "${editables[@]}" pytest hypothesis
