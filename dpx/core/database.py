@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from dpx.core.config import DATABASE_MODES, DatabaseConfig
+from dpx.core.storage import CorruptDatasetError
 
 NORMALIZATION_KEY = "normalization"
 #: Rows summed in a field's own precision before accumulating in float64.
@@ -97,9 +98,7 @@ class Database:
         self.path = Path(path)
         storage_class = get_plugins().load("storage_backends", self.config.storage)
         self.storage = storage_class(self.path, readonly=readonly, max_file_bytes=self.config.max_file_bytes)
-        self._moments = {
-            name: Moments.from_json(data) for name, data in self.storage.metadata.get(NORMALIZATION_KEY, {}).items()
-        }
+        self._moments = self._stored_moments()
 
     # -- structure ---------------------------------------------------------------------
 
@@ -180,8 +179,9 @@ class Database:
         names = list(fields) if fields is not None else list(layout)
         count = self.count(mode)
         order = (rng or np.random.default_rng()).permutation(count) if shuffle else np.arange(count)
-        buffers = {name: np.empty((batch_size, *layout[name][1]), layout[name][0]) for name in names}
-        readers = [(name, self.storage.reader(mode, name), buffers[name]) for name in names]
+        gathers = {name: self.storage.reader(mode, name) for name in names}  # checks the files before allocating
+        rows = min(batch_size, count)
+        readers = [(name, gathers[name], np.empty((rows, *layout[name][1]), layout[name][0])) for name in names]
         for start in range(0, count, batch_size):
             ids = order[start : start + batch_size]
             size = len(ids)
@@ -191,10 +191,21 @@ class Database:
         """Pick up samples a concurrent writer committed since opening."""
         changed = self.storage.refresh()
         if changed:
-            self._moments = {
-                name: Moments.from_json(d) for name, d in self.storage.metadata.get(NORMALIZATION_KEY, {}).items()
-            }
+            self._moments = self._stored_moments()
         return changed
+
+    def _stored_moments(self) -> dict[str, Moments]:
+        """The normalisation statistics kept in the dataset, checked: the index is untrusted input."""
+        stored = self.storage.metadata.get(NORMALIZATION_KEY, {})
+        try:
+            moments = {name: Moments.from_json(data) for name, data in stored.items()}
+            for name, m in moments.items():
+                if m.count < 0 or m.mean.ndim != 1 or m.mean.shape != m.m2.shape:
+                    raise ValueError(f"field {name!r}: count, mean and m2 do not fit together")
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            self.storage.close()
+            raise CorruptDatasetError(f"{self.path}: the normalisation statistics are unreadable ({exc!r})") from None
+        return moments
 
     def close(self) -> None:
         self.storage.close()

@@ -38,6 +38,36 @@ class FieldError(ValueError):
     """A sample's field is missing, unknown, or has the wrong shape or dtype."""
 
 
+#: NumPy dtype kinds a field may hold: bool, integers, floats, complex. Anything
+#: else (objects, strings, structured records, datetimes) is refused: mapped from
+#: a file, an object dtype turns file bytes into pointers.
+STORABLE_KINDS = "biufc"
+
+
+def check_field_name(name: object, what: str = "field") -> str:
+    """``name`` if it is a Python identifier, else FieldError.
+
+    Names become folder names of a dataset: an identifier holds no path
+    separator, no ``..`` and nothing a shell or a filesystem treats specially.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise FieldError(f"{what} name {name!r} must be a Python identifier")
+    return name
+
+
+def check_field_dtype(name: str, dtype: object) -> np.dtype:
+    """``dtype`` as a NumPy dtype if it is plain numeric or bool, else FieldError."""
+    try:
+        parsed = np.dtype(dtype)
+    except (TypeError, ValueError, SyntaxError) as exc:
+        raise FieldError(f"field {name!r}: {dtype!r} is not a NumPy dtype") from exc
+    if parsed.kind not in STORABLE_KINDS or parsed.fields is not None or parsed.subdtype is not None:
+        raise FieldError(
+            f"field {name!r}: {parsed} arrays cannot be stored; use a numeric or bool dtype"
+        )
+    return parsed
+
+
 @dataclass
 class Field:
     """A named array every sample carries.
@@ -52,15 +82,9 @@ class Field:
     training: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise FieldError(f"field name {self.name!r} must be a Python identifier")
+        check_field_name(self.name)
         if self.dtype is not None and self.dtype is not np.ndarray:
-            try:
-                self.dtype = np.dtype(self.dtype)
-            except TypeError as exc:
-                raise FieldError(f"field {self.name!r}: {self.dtype!r} is not a NumPy dtype") from exc
-            if self.dtype.hasobject:
-                raise FieldError(f"field {self.name!r}: object arrays cannot be stored; use a numeric dtype")
+            self.dtype = check_field_dtype(self.name, self.dtype)
         else:
             self.dtype = None
         if self.shape is not None:
@@ -80,9 +104,7 @@ class Field:
     def learn(self, value: np.ndarray) -> None:
         """Fix the dtype and shape a field was declared without, from a first value."""
         if self.dtype is None:
-            if value.dtype.hasobject:
-                raise FieldError(f"field {self.name!r}: object arrays cannot be stored; use a numeric dtype")
-            self.dtype = value.dtype
+            self.dtype = check_field_dtype(self.name, value.dtype)
         if self.shape is None:
             self.shape = value.shape
 

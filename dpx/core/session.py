@@ -15,9 +15,10 @@ import datetime
 import json
 import os
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
+
+from dpx.core.storage import copy_dataset
 
 SUBFOLDERS = ("dataset", "network", "stats")
 RECORD = "session.json"
@@ -81,7 +82,7 @@ class Session:
                 (session.path / sub).mkdir(parents=True, exist_ok=True)
             return session
         session = cls.start(session_dir, session_name, True)
-        shutil.copytree(source, session.dataset_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".writer.lock"))
+        copy_dataset(source, session.dataset_dir)
         return session
 
     @property
@@ -136,8 +137,12 @@ class Session:
 
     def _write_json(self, name: str, data: Any) -> None:
         tmp = self.path / (name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, self.path / name)
+        try:
+            tmp.write_text(json.dumps(data, indent=2, default=str))
+            os.replace(tmp, self.path / name)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk must not leave an empty file behind
+            raise
 
     def _write_info(self, record: dict[str, Any]) -> None:
         lines = [f"dpx session {self.name}", ""]

@@ -14,7 +14,8 @@ written first and published by replacing ``dataset.json`` atomically, so a
 writer killed at any moment leaves an index that only counts complete samples;
 the next writer truncates whatever lies past the committed count. A reader can
 open the dataset while a writer appends: it sees the count grow, never a
-half-written sample. Nothing is ever unpickled.
+half-written sample. Nothing is ever unpickled, and the index is untrusted input: see
+``docs/security.md``.
 
 Partitions are bounded in bytes (``max_file_bytes``) so a partition holds many
 small samples (few partitions to touch per random batch) and few large ones.
@@ -22,26 +23,41 @@ small samples (few partitions to touch per random batch) and few large ones.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
+import math
+import numbers
 import os
+import shutil
+import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dpx.core.environment import FieldError, check_field_dtype, check_field_name
+
 log = logging.getLogger("dpx.storage")
 
 INDEX = "dataset.json"
 PREVIOUS_INDEX = "dataset.json.prev"
+LOCK = ".writer.lock"
 FORMAT = "dpx-dataset"
 FORMAT_VERSION = 1
 #: From this size on, samples spread over several partitions are gathered one by one.
 LARGE_SAMPLE_BYTES = 4096
+#: Bounds on what an index may declare; a shared dataset.json is untrusted input.
+MAX_INDEX_BYTES = 64 << 20
+MAX_DIMENSIONS = 32
+MAX_SAMPLE_BYTES = 1 << 40
+MAX_PARTITION_SAMPLES = 1 << 40
+#: Write errors that mean "no room": stop keeping what fits, never crash half-written.
+FULL_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class StorageError(RuntimeError):
@@ -50,6 +66,32 @@ class StorageError(RuntimeError):
 
 class CorruptDatasetError(StorageError):
     """A dataset file is damaged; the message says which and what is still readable."""
+
+
+class StorageFullError(StorageError):
+    """The disk filled up: the whole samples that fitted are committed, nothing half-written remains."""
+
+
+def check_field_layout(name: object, dtype: object, shape: object) -> tuple[np.dtype, tuple[int, ...]]:
+    """The checks every storage backend owes a field it stores or reads back from disk.
+
+    The name must be an identifier (it becomes a folder name: no separator, no
+    ``..``), the dtype plain numeric or bool (an object dtype mapped from a file
+    turns its bytes into pointers), the shape a short list of non-negative
+    integers with a bounded sample size. Raises :class:`FieldError`.
+    """
+    name = check_field_name(name)
+    parsed = check_field_dtype(name, dtype)
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) > MAX_DIMENSIONS
+        or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise FieldError(f"field {name!r}: shape {shape!r} must be at most {MAX_DIMENSIONS} non-negative integers")
+    shape = tuple(int(n) for n in shape)
+    if parsed.itemsize * math.prod(shape) > MAX_SAMPLE_BYTES:
+        raise FieldError(f"field {name!r}: samples of shape {shape} and dtype {parsed} exceed {MAX_SAMPLE_BYTES} bytes")
+    return parsed, shape
 
 
 @dataclass(frozen=True)
@@ -62,14 +104,21 @@ class FieldLayout:
 
     @property
     def sample_bytes(self) -> int:
-        return int(self.dtype.itemsize * np.prod(self.shape, dtype=np.int64))
+        return self.dtype.itemsize * math.prod(self.shape)
 
     def as_json(self) -> dict[str, Any]:
         return {"dtype": self.dtype.str, "shape": list(self.shape), "partition_samples": self.partition_samples}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> FieldLayout:
-        return cls(np.dtype(data["dtype"]), tuple(data["shape"]), int(data["partition_samples"]))
+    def from_json(cls, name: str, data: Any) -> FieldLayout:
+        """The layout an index declares for field ``name``, checked (ValueError otherwise)."""
+        if not isinstance(data, dict) or not isinstance(data.get("dtype"), str):
+            raise ValueError(f"field {name!r}: {data!r} is not a layout (dtype, shape, partition_samples)")
+        dtype, shape = check_field_layout(name, data["dtype"], data.get("shape"))
+        partition_samples = data.get("partition_samples")
+        if type(partition_samples) is not int or not 1 <= partition_samples <= MAX_PARTITION_SAMPLES:
+            raise ValueError(f"field {name!r}: partition_samples={partition_samples!r} must be an integer from 1")
+        return cls(dtype, shape, partition_samples)
 
 
 class MemmapStorage:
@@ -78,6 +127,12 @@ class MemmapStorage:
     ``commit`` publishes the samples appended so far; it is cheap but not free
     (an index file is rewritten), so a writer asks for it after each batch and
     it happens at most every ``commit_interval`` seconds, plus at ``close``.
+
+    A dataset folder may come from someone else: the index is validated when
+    read (names, dtypes, shapes, counts against the files' sizes), and files
+    are opened through folder descriptors with ``O_NOFOLLOW``, so nothing
+    outside the folder is read or written through it. These checks happen when
+    the index is read or a partition is opened, never per batch.
     """
 
     def __init__(
@@ -96,62 +151,188 @@ class MemmapStorage:
         self._maps: dict[tuple[str, str, int], np.ndarray] = {}
         self._layouts: dict[str, dict[str, FieldLayout]] = {}
         self._files: dict[tuple[str, str], tuple[int, Any]] = {}
-        self._lock = None
+        self._lock: int | None = None
         self._last_commit = 0.0
         self._index_mtime: int | None = None
+        self._full = False
+        self._recovered = False
         if not readonly:
             self.path.mkdir(parents=True, exist_ok=True)
             self._acquire_lock()
-        if (self.path / INDEX).exists() or (self.path / PREVIOUS_INDEX).exists():
-            self.index = self._read_index(recover)
-        elif readonly:
-            raise StorageError(f"{self.path} holds no dataset ({INDEX} not found)")
-        else:
-            self.index = {"format": FORMAT, "version": FORMAT_VERSION, "storage": "memmap", "modes": {}, "metadata": {}}
-        self.written = {mode: entry["count"] for mode, entry in self.index["modes"].items()}
-        if not readonly:
-            self._truncate_uncommitted()
+        try:
+            if self._exists(INDEX) or self._exists(PREVIOUS_INDEX):
+                self.index = self._read_index(recover)
+            elif readonly:
+                raise StorageError(f"{self.path} holds no dataset ({INDEX} not found)")
+            else:
+                self._refuse_stray_partitions(self._folders(self.path))
+                self.index = {"format": FORMAT, "version": FORMAT_VERSION, "storage": "memmap", "modes": {}, "metadata": {}}
+            self.written = {mode: entry["count"] for mode, entry in self.index["modes"].items()}
+            #: counts in the index on disk, what a reader sees
+            self._published = dict(self.written)
+            #: the index on disk says a writer closed it: the files hold exactly the committed samples
+            self._closed_on_disk = self.index.get("closed") is True and not self._recovered
+            self._dirty = self._recovered  # a writer publishes the recovered index
+            self._check_partitions(truncate=not readonly)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    # -- safe file access ------------------------------------------------------------
+
+    def _open_dir(self, parts: tuple[str, ...], create: bool = False) -> int | None:
+        """A descriptor of the folder ``parts`` below the dataset, reached without following
+        any symbolic link; None when it does not exist and ``create`` is False."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for depth, part in enumerate(parts):
+                if create:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    os.close(fd)
+                    return None
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise CorruptDatasetError(
+                        f"{self.path.joinpath(*parts[: depth + 1])} is a symbolic link or not a folder; "
+                        "dpx follows no links inside a dataset"
+                    ) from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _open_file(self, parts: tuple[str, ...], flags: int) -> int:
+        """A descriptor of the regular file ``parts`` below the dataset (never through a link)."""
+        folder = self._open_dir(parts[:-1], create=bool(flags & os.O_CREAT))
+        path = self.path.joinpath(*parts)
+        if folder is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        try:
+            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise CorruptDatasetError(f"{path} is a symbolic link; dpx opens only regular files inside a dataset") from None
+        finally:
+            os.close(folder)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise CorruptDatasetError(f"{path} is not a regular file; dpx opens only regular files inside a dataset")
+        return fd
+
+    def _exists(self, name: str) -> bool:
+        return os.path.lexists(self.path / name)
+
+    def _partitions(self, mode: str, name: str) -> dict[int, int]:
+        """``{partition number: size in bytes}`` of a field's partition files."""
+        folder = self._open_dir((mode, name))
+        if folder is None:
+            return {}
+        sizes = {}
+        try:
+            for entry in os.scandir(folder):
+                part = _partition_number(entry.name)
+                if part is None:
+                    continue
+                info = entry.stat(follow_symlinks=False)
+                if not stat.S_ISREG(info.st_mode):
+                    raise CorruptDatasetError(
+                        f"{self.path / mode / name / entry.name} is not a regular file (a symbolic link?); "
+                        "dpx opens only regular files inside a dataset"
+                    )
+                sizes[part] = info.st_size
+        finally:
+            os.close(folder)
+        return sizes
+
+    def _folders(self, path: Path) -> Iterator[tuple[str, str]]:
+        """``(mode, field)`` folders found on disk, without following links."""
+        with os.scandir(path) as modes:
+            for mode in modes:
+                if mode.is_dir(follow_symlinks=False):
+                    with os.scandir(mode.path) as fields:
+                        yield from ((mode.name, f.name) for f in fields if f.is_dir(follow_symlinks=False))
+
+    def _refuse_stray_partitions(self, folders: Iterator[tuple[str, str]]) -> None:
+        """Appending after bytes no index describes would make every new sample garbage."""
+        stray = [
+            self.path / mode / name / f"{part:05d}.raw"
+            for mode, name in folders
+            for part in sorted(self._partitions(mode, name))
+        ]
+        if stray:
+            shown = ", ".join(str(p) for p in stray[:3]) + (f" and {len(stray) - 3} more" if len(stray) > 3 else "")
+            raise StorageError(
+                f"{self.path} holds partition files that no {INDEX} describes ({shown}); "
+                "move them away or write to an empty folder"
+            )
 
     # -- index -----------------------------------------------------------------------
 
     def _read_index(self, recover: bool) -> dict[str, Any]:
         path = self.path / INDEX
         try:
-            stat = path.stat()
-            index = json.loads(path.read_text())
-            _validate_index(index)
-            self._index_mtime = stat.st_mtime_ns
+            index, mtime = self._load_index(INDEX)
+            self._index_mtime = mtime
             return index
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             previous = self._read_previous()
             if recover and previous is not None:
                 log.warning("dpx: %s is unreadable (%s); using %s", path, exc, PREVIOUS_INDEX)
+                self._recovered = True
                 return previous
             hint = ""
             if previous is not None:
                 counts = ", ".join(f"{m}: {e['count']}" for m, e in previous["modes"].items())
-                hint = f"; the previous index {PREVIOUS_INDEX} is intact ({counts} samples): open with recover=True"
+                hint = (
+                    f"; the previous index {PREVIOUS_INDEX} is intact ({counts} samples): "
+                    f"`python -m dpx repair {self.path}` restores it"
+                )
             raise CorruptDatasetError(f"{path} is unreadable: {exc}{hint}") from exc
+
+    def _load_index(self, name: str) -> tuple[dict[str, Any], int]:
+        fd = self._open_file((name,), os.O_RDONLY)
+        with open(fd, "rb") as file:
+            mtime = os.fstat(fd).st_mtime_ns
+            text = file.read(MAX_INDEX_BYTES + 1)
+        if len(text) > MAX_INDEX_BYTES:
+            raise ValueError(f"larger than {MAX_INDEX_BYTES} bytes")
+        index = json.loads(text)
+        validate_index(index)
+        return index, mtime
 
     def _read_previous(self) -> dict[str, Any] | None:
         try:
-            index = json.loads((self.path / PREVIOUS_INDEX).read_text())
-            _validate_index(index)
-            return index
-        except (OSError, ValueError, KeyError, TypeError):
+            return self._load_index(PREVIOUS_INDEX)[0]
+        except (OSError, ValueError, RecursionError):
             return None
 
     def refresh(self) -> bool:
         """Re-read the index if a writer committed since; True when it changed."""
         try:
-            mtime = (self.path / INDEX).stat().st_mtime_ns
+            mtime = os.stat(self.path / INDEX, follow_symlinks=False).st_mtime_ns
         except FileNotFoundError:
             return False
         if mtime == self._index_mtime:
             return False
+        before = {mode: entry["fields"] for mode, entry in self.index["modes"].items()}
         self.index = self._read_index(recover=False)
         self._layouts.clear()
         self.written = {mode: entry["count"] for mode, entry in self.index["modes"].items()}
+        self._closed_on_disk = self.index.get("closed") is True
+        for mode, entry in self.index["modes"].items():
+            if before.get(mode, entry["fields"]) != entry["fields"]:
+                self._maps = {key: m for key, m in self._maps.items() if key[0] != mode}
+        self._check_partitions(truncate=False)
         return True
 
     @property
@@ -172,7 +353,9 @@ class MemmapStorage:
                 entry = self.index["modes"][mode]
             except KeyError:
                 raise StorageError(f"{self.path}: no mode {mode!r}; modes are {self.modes}") from None
-            layouts = self._layouts[mode] = {name: FieldLayout.from_json(f) for name, f in entry["fields"].items()}
+            layouts = self._layouts[mode] = {
+                name: FieldLayout.from_json(name, f) for name, f in entry["fields"].items()
+            }
         return layouts
 
     def count(self, mode: str) -> int:
@@ -183,7 +366,11 @@ class MemmapStorage:
     def add_mode(self, mode: str, fields: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> None:
         """Declare ``mode`` with its fields, or check they match the stored ones."""
         self._check_writable()
-        wanted = {name: (np.dtype(dtype), tuple(shape)) for name, (dtype, shape) in fields.items()}
+        try:
+            check_field_name(mode, "mode")
+            wanted = {name: check_field_layout(name, dtype, shape) for name, (dtype, shape) in fields.items()}
+        except FieldError as exc:
+            raise StorageError(f"{self.path}: {exc}") from None
         if mode in self.index["modes"]:
             stored = {name: (f.dtype, f.shape) for name, f in self.layout(mode).items()}
             if stored != wanted:
@@ -192,20 +379,26 @@ class MemmapStorage:
                     f"but the samples have {_describe(wanted)}"
                 )
             return
+        self._refuse_stray_partitions((mode, name) for name in wanted)
         layouts = {}
         for name, (dtype, shape) in wanted.items():
-            sample_bytes = max(1, dtype.itemsize * int(np.prod(shape, dtype=np.int64)))
+            sample_bytes = max(1, dtype.itemsize * math.prod(shape))
             layouts[name] = FieldLayout(dtype, shape, max(1, self.max_file_bytes // sample_bytes)).as_json()
         self.index["modes"][mode] = {"count": 0, "fields": layouts}
         self.written[mode] = 0
         for name in layouts:
-            (self.path / mode / name).mkdir(parents=True, exist_ok=True)
+            os.close(self._open_dir((mode, name), create=True))
+        self._dirty = True
         self.commit(force=True)
 
     # -- writing ---------------------------------------------------------------------
 
     def append(self, mode: str, arrays: Mapping[str, np.ndarray]) -> None:
-        """Write a batch (one array per field, same length); published by :meth:`commit`."""
+        """Write a batch (one array per field, same length); published by :meth:`commit`.
+
+        On a full disk it keeps the whole samples that fit, commits them and
+        raises :class:`StorageFullError` saying how many.
+        """
         self._check_writable()
         layout = self.layout(mode)
         counts = {len(array) for array in arrays.values()}
@@ -215,7 +408,11 @@ class MemmapStorage:
                 f"got {', '.join(f'{n}: {len(a)}' for n, a in arrays.items())}"
             )
         (count,) = counts
+        if self._closed_on_disk:  # a writer killed from now on may leave bytes past the count
+            self._dirty = True
+            self.commit(force=True)
         start = self.written[mode]
+        last = list(layout)[-1]
         for name, f in layout.items():
             array = np.ascontiguousarray(arrays[name], dtype=f.dtype)
             if array.shape[1:] != f.shape:
@@ -224,17 +421,38 @@ class MemmapStorage:
             while done < count:
                 part, offset = divmod(start + done, f.partition_samples)
                 chunk = min(count - done, f.partition_samples - offset)
-                self._file(mode, name, part).write(memoryview(array[done : done + chunk]).cast("B"))
+                try:
+                    handle = self._file(mode, name, part, offset * f.sample_bytes)
+                    _write_all(handle, memoryview(array[done : done + chunk]).cast("B"))
+                except OSError as exc:
+                    if exc.errno not in FULL_DISK_ERRORS:
+                        raise
+                    # fields are written one after the other: the later ones hold none of this batch
+                    if name == last:
+                        written = self._partitions(mode, name).get(part, 0) - offset * f.sample_bytes
+                        self.written[mode] = start + done + max(written, 0) // f.sample_bytes
+                    self._stop_full(exc)
                 done += chunk
         self.written[mode] = start + count
+        self._dirty = True
 
-    def _file(self, mode: str, name: str, part: int):
+    def _file(self, mode: str, name: str, part: int, offset: int):
+        """The open partition file ``part``, which must hold exactly ``offset`` bytes."""
         current = self._files.get((mode, name))
         if current is not None and current[0] == part:
             return current[1]
         if current is not None:
             current[1].close()
-        handle = open(self._partition_path(mode, name, part), "ab")
+            del self._files[(mode, name)]
+        fd = self._open_file((mode, name, f"{part:05d}.raw"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        size = os.fstat(fd).st_size
+        if size != offset:
+            os.close(fd)
+            raise CorruptDatasetError(
+                f"{self._partition_path(mode, name, part)} holds {size} bytes where {offset} were expected; "
+                "refusing to append after bytes the index does not describe"
+            )
+        handle = open(fd, "ab", buffering=0)
         self._files[(mode, name)] = (part, handle)
         return handle
 
@@ -243,48 +461,136 @@ class MemmapStorage:
         self._check_writable()
         if metadata is not None:
             self.index["metadata"].update(metadata)
+            self._dirty = True
         now = time.monotonic()
-        if not force and now - self._last_commit < self.commit_interval:
+        if not self._dirty or (not force and now - self._last_commit < self.commit_interval):
             return False
-        for _, handle in self._files.values():
-            handle.flush()
-        for mode, count in self.written.items():
-            self.index["modes"][mode]["count"] = count
-        index_path = self.path / INDEX
-        if index_path.exists():
-            backup = self.path / (PREVIOUS_INDEX + ".tmp")
-            backup.unlink(missing_ok=True)
-            os.link(index_path, backup)
-            os.replace(backup, self.path / PREVIOUS_INDEX)
-        tmp = self.path / (INDEX + ".tmp")
-        tmp.write_text(json.dumps(self.index, indent=1))
-        os.replace(tmp, index_path)
-        self._index_mtime = index_path.stat().st_mtime_ns
+        try:
+            self._write_index(closed=False)
+        except OSError as exc:
+            if exc.errno not in FULL_DISK_ERRORS:
+                raise
+            self._stop_full(exc)
         self._last_commit = now
         return True
 
-    def _truncate_uncommitted(self) -> None:
-        """Drop bytes a killed writer left past the committed count."""
+    def _write_index(self, *, closed: bool) -> None:
+        """Replace the index atomically, keeping the one it replaces as the previous index."""
+        for mode, count in self.written.items():
+            self.index["modes"][mode]["count"] = count
+        self.index["closed"] = closed
+        index_path = self.path / INDEX
+        if self._exists(INDEX):
+            backup = self.path / (PREVIOUS_INDEX + ".tmp")
+            backup.unlink(missing_ok=True)
+            os.link(index_path, backup, follow_symlinks=False)
+            os.replace(backup, self.path / PREVIOUS_INDEX)
+        tmp = self.path / (INDEX + ".tmp")
+        tmp.unlink(missing_ok=True)  # never write through a planted link
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            with open(fd, "wb", buffering=0) as file:
+                _write_all(file, json.dumps(self.index, indent=1).encode())
+            os.replace(tmp, index_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._index_mtime = os.stat(index_path).st_mtime_ns
+        self._published = dict(self.written)
+        self._closed_on_disk = closed
+        self._dirty = False
+
+    def _stop_full(self, error: OSError) -> None:
+        """Commit the whole samples that fit on a full disk, then raise StorageFullError.
+
+        The index needs room too: samples not yet published are dropped from the
+        end, a few more each try, until the index fits; at worst the index on disk
+        stays as it was. Either way no byte past the committed count remains.
+        """
+        self._full = True
+        for _, handle in self._files.values():
+            handle.close()
+        self._files.clear()
+        drop = 1
+        while True:
+            self._truncate_to(self.written)
+            try:
+                self._write_index(closed=False)
+                break
+            except OSError as exc:
+                if exc.errno not in FULL_DISK_ERRORS:
+                    raise
+            if all(count <= self._published.get(mode, 0) for mode, count in self.written.items()):
+                self._dirty = False  # the index on disk stands, and no byte lies past it
+                break
+            for mode in self.written:
+                self.written[mode] = max(self._published.get(mode, 0), self.written[mode] - drop)
+            drop *= 2
+        kept = ", ".join(f"{mode}: {count}" for mode, count in self._published.items())
+        raise StorageFullError(
+            f"{self.path}: no space left on the device ({error.strerror}); the whole samples that fitted "
+            f"are committed and readable ({kept}), nothing half-written remains. Free space, then run "
+            "again on this dataset to continue"
+        ) from None
+
+    def _truncate_to(self, counts: Mapping[str, int]) -> None:
+        """Drop every byte past ``counts`` samples (files beyond are removed)."""
+        for mode, count in counts.items():
+            for name, f in self.layout(mode).items():
+                for part, size in self._partitions(mode, name).items():
+                    keep = _committed_bytes(count, part, f)
+                    if size > keep:
+                        self._cut(mode, name, part, keep)
+                        log.info("dpx: dropped %d uncommitted bytes of %s", size - keep, self._partition_path(mode, name, part))
+
+    def _cut(self, mode: str, name: str, part: int, keep: int) -> None:
+        if keep:
+            fd = self._open_file((mode, name, f"{part:05d}.raw"), os.O_WRONLY)
+            try:
+                os.ftruncate(fd, keep)
+            finally:
+                os.close(fd)
+            return
+        folder = self._open_dir((mode, name))
+        if folder is not None:
+            try:
+                os.unlink(f"{part:05d}.raw", dir_fd=folder)
+            finally:
+                os.close(folder)
+
+    def _check_partitions(self, *, truncate: bool) -> None:
+        """Check the files' sizes against the index; a writer drops what lies past the count.
+
+        A file larger than its layout allows, or larger than the count when the
+        last writer closed cleanly, means the index does not describe the data
+        (a dtype or shape changed): refused, nothing is cut. Bytes past the count
+        of a writer that did not close are its uncommitted tail. A first partition
+        shorter than its samples is refused at once; later ones when read (the
+        message says which samples are still readable), or here by a writer.
+        """
         for mode in self.modes:
             count = self.count(mode)
             for name, f in self.layout(mode).items():
-                folder = self.path / mode / name
-                folder.mkdir(parents=True, exist_ok=True)
-                for file in sorted(folder.glob("*.raw")):
-                    part = int(file.stem)
-                    keep = min(max(count - part * f.partition_samples, 0), f.partition_samples) * f.sample_bytes
-                    size = file.stat().st_size
-                    if size > keep:
-                        if keep:
-                            os.truncate(file, keep)
-                        else:
-                            file.unlink()
-                        log.info("dpx: dropped %d uncommitted bytes of %s", size - keep, file)
-                    elif size < keep:
+                capacity = f.partition_samples * f.sample_bytes
+                sizes = self._partitions(mode, name)
+                for part, size in sorted(sizes.items()):
+                    keep = _committed_bytes(count, part, f)
+                    file = self._partition_path(mode, name, part)
+                    if size > capacity or (self._closed_on_disk and size > keep):
                         raise CorruptDatasetError(
-                            f"{file} is truncated: {size} bytes where {keep} are committed; "
-                            f"samples of {mode!r} from {part * f.partition_samples + size // f.sample_bytes} on are lost"
+                            f"{file} holds {size} bytes where {INDEX} commits {keep} "
+                            f"(field {name!r}: {f.dtype} {f.shape}, {f.partition_samples} per partition): "
+                            "the index does not describe this data"
                         )
+                    if size < keep and (truncate or part == 0):
+                        raise CorruptDatasetError(
+                            f"{file} is truncated: {size} bytes where {keep} are committed; samples of {mode!r} "
+                            f"from {part * f.partition_samples + size // max(f.sample_bytes, 1)} on are lost"
+                        )
+                if count and f.sample_bytes and 0 not in sizes:
+                    raise CorruptDatasetError(f"{self._partition_path(mode, name, 0)} is missing: {count} samples of {mode!r} are committed")
+        if truncate and not self._closed_on_disk:
+            self._truncate_to(self.written)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -298,10 +604,8 @@ class MemmapStorage:
         """
         f = self.layout(mode)[name]
         count = self.count(mode)
-        if out is None:
-            out = np.empty((len(indices), *f.shape), f.dtype)
         if len(indices) == 0:
-            return out
+            return np.empty((0, *f.shape), f.dtype) if out is None else out
         if not checked:
             indices = np.asarray(indices, dtype=np.int64)
             low, high = int(indices.min()), int(indices.max())
@@ -312,18 +616,22 @@ class MemmapStorage:
                 )
         size = f.partition_samples
         if count <= size:  # one partition: the common case
+            mapped = self._map(mode, name, 0, f, count)  # before allocating: it checks the file holds the samples
+            if out is None:
+                out = np.empty((len(indices), *f.shape), f.dtype)
             # mode="clip": bounds are checked above, and the default mode copies through a temporary
-            return np.take(self._map(mode, name, 0, f, count), indices, axis=0, out=out, mode="clip")
+            return np.take(mapped, indices, axis=0, out=out, mode="clip")
+        parts = indices // size
+        maps = {int(part): self._map(mode, name, int(part), f, count) for part in np.unique(parts)}
+        if out is None:
+            out = np.empty((len(indices), *f.shape), f.dtype)
         if f.sample_bytes >= LARGE_SAMPLE_BYTES:  # one plain copy per sample beats fancy indexing's temporaries
-            parts, local = np.divmod(indices, size)
-            maps = [self._map(mode, name, part, f, count) for part in range(int(parts.max()) + 1)]
-            for row, (part, index) in enumerate(zip(parts.tolist(), local.tolist())):
+            for row, (part, index) in enumerate(zip(parts.tolist(), (indices - parts * size).tolist())):
                 out[row] = maps[part][index]
             return out
-        parts = indices // size
-        for part in np.unique(parts):
+        for part, mapped in maps.items():
             rows = np.flatnonzero(parts == part)
-            out[rows] = self._map(mode, name, int(part), f, count)[indices[rows] - part * size]
+            out[rows] = mapped[indices[rows] - part * size]
         return out
 
     def reader(self, mode: str, name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -346,16 +654,26 @@ class MemmapStorage:
         mapped = self._maps.get(key)
         if mapped is not None and len(mapped) >= need:
             return mapped
+        if need * f.sample_bytes == 0:  # nothing to map (np.memmap refuses empty files)
+            return np.empty((need, *f.shape), f.dtype)
         file = self._partition_path(mode, name, part)
-        size = file.stat().st_size if file.exists() else 0
-        if size < need * f.sample_bytes:
+        size, mapped = 0, None
+        try:
+            fd = self._open_file((mode, name, f"{part:05d}.raw"), os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            with open(fd, "rb") as handle:
+                size = os.fstat(fd).st_size
+                if size >= need * f.sample_bytes:
+                    # a plain ndarray view: indexing an np.memmap subclass costs microseconds a sample
+                    mapped = np.memmap(handle, dtype=f.dtype, mode="r", shape=(need, *f.shape)).view(np.ndarray)
+        if mapped is None:
             readable = part * f.partition_samples + size // f.sample_bytes
             raise CorruptDatasetError(
                 f"{file} is truncated: {size} bytes where {need * f.sample_bytes} are committed; "
                 f"samples 0..{readable - 1} of mode {mode!r} field {name!r} are readable, later ones are lost"
             )
-        # a plain ndarray view: indexing an np.memmap subclass costs microseconds a sample
-        mapped = np.memmap(file, dtype=f.dtype, mode="r", shape=(need, *f.shape)).view(np.ndarray)
         self._maps[key] = mapped
         return mapped
 
@@ -369,25 +687,35 @@ class MemmapStorage:
             raise StorageError(f"{self.path} is open read-only")
 
     def _acquire_lock(self) -> None:
-        self._lock = open(self.path / ".writer.lock", "a+")
+        self._lock = self._open_file((LOCK,), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock.close()
-            self._lock = None
+            self._release_lock()
             raise StorageError(f"{self.path} is being written by another process; open it read-only") from None
 
-    def close(self) -> None:
-        """Commit what was appended and release files and the writer lock."""
-        if not self.readonly and self._lock is not None:
-            self.commit(force=True)
-        for _, handle in self._files.values():
-            handle.close()
-        self._files.clear()
-        self._maps.clear()
+    def _release_lock(self) -> None:
         if self._lock is not None:
-            self._lock.close()
+            os.close(self._lock)
             self._lock = None
+
+    def close(self) -> None:
+        """Commit what was appended, mark the dataset closed, release files and the writer lock."""
+        try:
+            for _, handle in self._files.values():
+                handle.close()
+            self._files.clear()
+            if not self.readonly and self._lock is not None and not self._full:
+                if self._dirty or not self._closed_on_disk:
+                    try:
+                        self._write_index(closed=True)
+                    except OSError as exc:
+                        if exc.errno not in FULL_DISK_ERRORS:
+                            raise
+                        self._stop_full(exc)
+        finally:
+            self._maps.clear()
+            self._release_lock()
 
     def __enter__(self) -> MemmapStorage:
         return self
@@ -396,16 +724,89 @@ class MemmapStorage:
         self.close()
 
 
-def _validate_index(index: Any) -> None:
+def validate_index(index: Any) -> None:
+    """Check an index read from disk before anything trusts it; ValueError says what is wrong.
+
+    Mode and field names are identifiers (they become folder names), layouts
+    pass :func:`check_field_layout`, counts are non-negative integers.
+    """
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} index")
     if index.get("version") != FORMAT_VERSION:
-        raise ValueError(f"format version {index.get('version')} is not supported (this dpx reads {FORMAT_VERSION})")
-    for mode, entry in index["modes"].items():
-        if not isinstance(entry["count"], int) or entry["count"] < 0:
-            raise ValueError(f"mode {mode!r} has an invalid count {entry['count']!r}")
-        for name, f in entry["fields"].items():
-            FieldLayout.from_json(f)
+        raise ValueError(f"format version {index.get('version')!r} is not supported (this dpx reads {FORMAT_VERSION})")
+    modes, metadata = index.get("modes"), index.get("metadata", {})
+    if not isinstance(modes, dict) or not isinstance(metadata, dict):
+        raise ValueError("'modes' and 'metadata' must be objects")
+    index.setdefault("metadata", metadata)
+    for mode, entry in modes.items():
+        check_field_name(mode, "mode")
+        if not isinstance(entry, dict) or not isinstance(entry.get("fields"), dict):
+            raise ValueError(f"mode {mode!r} has no 'fields' object")
+        count = entry.get("count")
+        if type(count) is not int or count < 0:
+            raise ValueError(f"mode {mode!r} has an invalid count {count!r}")
+        for name, layout in entry["fields"].items():
+            FieldLayout.from_json(name, layout)
+
+
+def _committed_bytes(count: int, part: int, f: FieldLayout) -> int:
+    """Bytes of partition ``part`` that hold some of the first ``count`` samples."""
+    return min(max(count - part * f.partition_samples, 0), f.partition_samples) * f.sample_bytes
+
+
+def _partition_number(filename: str) -> int | None:
+    """The number of a partition file named as dpx names them (``00042.raw``), else None."""
+    stem, dot, suffix = filename.partition(".")
+    if suffix != "raw" or len(stem) < 5 or not stem.isdecimal() or not stem.isascii():
+        return None
+    part = int(stem)
+    return part if f"{part:05d}" == stem else None
+
+
+def _write_all(file: Any, data: memoryview) -> None:
+    """Write every byte; an unbuffered write may take only part of them before the disk fills."""
+    while data:
+        data = data[file.write(data) :]
+
+
+def copy_dataset(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Copy a dataset folder, leaving out links and special files, which are never followed.
+
+    A shared dataset may carry a link to a file elsewhere: copied as a link it
+    would still point there, and followed it would copy that file's bytes in.
+    """
+
+    def left_out(folder: str, names: list[str]) -> set[str]:
+        skipped = {LOCK, INDEX + ".tmp", PREVIOUS_INDEX + ".tmp"}
+        for name in names:
+            mode = os.lstat(os.path.join(folder, name)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                log.warning("dpx: not copying %s: only regular files and folders are", os.path.join(folder, name))
+                skipped.add(name)
+        return skipped
+
+    shutil.copytree(source, destination, dirs_exist_ok=True, ignore=left_out)
+
+
+def repair_dataset(path: str | os.PathLike) -> str:
+    """Restore a dataset whose index is unreadable from the previous index; says what it did.
+
+    The samples committed after the previous index are dropped (their count
+    was in the lost index). An intact dataset is left as it is.
+    """
+    try:
+        MemmapStorage(path).close()
+        return f"{Path(path) / INDEX} is intact: nothing to repair"
+    except CorruptDatasetError as exc:
+        problem = str(exc)
+    storage = MemmapStorage(path, readonly=False, recover=True)
+    try:
+        if not storage._recovered:
+            raise CorruptDatasetError(problem)
+        counts = ", ".join(f"{mode}: {storage.count(mode)}" for mode in storage.modes) or "no samples"
+    finally:
+        storage.close()
+    return f"restored {Path(path) / INDEX} from {PREVIOUS_INDEX} ({counts} samples)"
 
 
 def _describe(fields: Mapping[str, tuple[np.dtype, tuple[int, ...]]]) -> str:
