@@ -87,7 +87,25 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("session", help="a session folder, e.g. sessions/spring")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(run=_info)
+
+    repair = commands.add_parser(
+        "repair",
+        help="restore a dataset whose index is unreadable",
+        description="Restore the index of a session's dataset (dataset.json) from the previous one "
+        "(dataset.json.prev) when it is unreadable, dropping the samples committed after it. "
+        "An intact dataset is left as it is.",
+    )
+    repair.add_argument("session", help="a session folder or its dataset folder, e.g. sessions/spring")
+    repair.set_defaults(run=_repair)
     return parser
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from dpx.core.database import dataset_path
+    from dpx.core.storage import repair_dataset
+
+    print(repair_dataset(dataset_path(args.session)))
+    return 0
 
 
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
