@@ -20,6 +20,7 @@ from dpx.core.database import Database
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
 from dpx.core.session import Session
+from dpx.core.storage import StorageFullError
 
 log = logging.getLogger("dpx.generation")
 
@@ -88,22 +89,27 @@ class DataGeneration:
         seed = self._seed(session)
         _, key = resolve_seed(seed)
         total = self.batch_nb * self.batch_size
-        session.record_run(
-            "DataGeneration",
-            {
-                "environment": as_record(self.environment_config),
-                "database": as_record(self.database_config),
-                "pipeline": {"batch_nb": self.batch_nb, "batch_size": self.batch_size},
-            },
-            seed=seed,
-            mode=mode,
-        )
+        # opened first: it drops a killed run's uncommitted tail, which makes room on a full disk
         database = Database(session.dataset_dir, self.database_config)
+        try:
+            session.record_run(
+                "DataGeneration",
+                {
+                    "environment": as_record(self.environment_config),
+                    "database": as_record(self.database_config),
+                    "pipeline": {"batch_nb": self.batch_nb, "batch_size": self.batch_size},
+                },
+                seed=seed,
+                mode=mode,
+            )
+        except BaseException:
+            database.close()
+            raise
         sink = _WrongSampleSink(session.dataset_dir / "wrong_samples") if self.environment_config.record_wrong_samples else None
         runner = runner_class(self.environment_config, key, on_wrong_sample=sink)
         progress = None
         produced = 0
-        interrupted = False
+        interrupted = full = False
         try:
             runner.start()
             start = database.count(mode) if mode in database.modes else 0
@@ -135,13 +141,16 @@ class DataGeneration:
         except KeyboardInterrupt:
             interrupted = True
             raise
+        except StorageFullError as exc:
+            full = True
+            raise StorageFullError(f"{exc} (pipeline.new_session=false, or new_session=False in Python)") from None
         finally:
             if progress is not None:
                 progress.close()
             try:
                 runner.close()
             finally:
-                if self.database_config.normalize and self.database_config.recompute_normalization and produced:
+                if self.database_config.normalize and self.database_config.recompute_normalization and produced and not full:
                     database.recompute_normalization()
                 database.close()
                 if interrupted:
