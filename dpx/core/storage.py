@@ -587,8 +587,14 @@ class MemmapStorage:
                             f"{file} is truncated: {size} bytes where {keep} are committed; samples of {mode!r} "
                             f"from {part * f.partition_samples + size // max(f.sample_bytes, 1)} on are lost"
                         )
-                if count and f.sample_bytes and 0 not in sizes:
-                    raise CorruptDatasetError(f"{self._partition_path(mode, name, 0)} is missing: {count} samples of {mode!r} are committed")
+                needed = -(-count // f.partition_samples) if f.sample_bytes else 0
+                present = sorted(part for part in sizes if part < needed)
+                if len(present) < needed and (truncate or not present or present[0] != 0):
+                    missing = next((i for i, part in enumerate(present) if i != part), len(present))
+                    raise CorruptDatasetError(
+                        f"{self._partition_path(mode, name, missing)} is missing: samples of {mode!r} "
+                        f"from {missing * f.partition_samples} on are lost ({count} are committed)"
+                    )
         if truncate and not self._closed_on_disk:
             self._truncate_to(self.written)
 
