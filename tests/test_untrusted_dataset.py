@@ -247,3 +247,23 @@ def test_repair_restores_the_previous_index_from_the_cli(session):
     assert np.isfinite(database.read("training")["input"]).all()
     again = dpx_cli("repair", str(session), cwd=session.parent)
     assert again.returncode == 0 and "intact: nothing to repair" in again.stdout
+
+
+def test_security_page_and_readme_point_at_tests_that_exist():
+    import ast
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    cited = []
+    for page in ("docs/security.md", "README.md"):
+        current = None
+        for span in re.findall(r"`([^`]*::\w+)`", (root / page).read_text()):
+            path, _, name = span.rpartition("::")
+            if path:
+                current = path if "/" in path else f"tests/{path}"
+            cited.append((page, current, name))
+    assert len(cited) >= 15
+    for page, path, name in cited:
+        tree = ast.parse((root / path).read_text())
+        names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        assert name in names, f"{page} cites {path}::{name}, which does not exist"
