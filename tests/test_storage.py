@@ -173,3 +173,16 @@ def test_index_holds_no_pickles_and_readable_dtypes(tmp_path):
         storage.append("training", batch(0, 2))
     index = json.loads((tmp_path / "dataset.json").read_text())
     assert index["modes"]["training"]["fields"]["input"] == {"dtype": "<f4", "shape": [4, 3], "partition_samples": 250_000_000 // 48}
+
+
+def test_a_refused_batch_leaves_no_bytes_behind(tmp_path):
+    with MemmapStorage(tmp_path, readonly=False, commit_interval=0) as storage:
+        storage.add_mode("training", FIELDS)
+        storage.append("training", batch(0, 3))
+        bad = batch(3, 2)
+        bad["ground_truth"] = bad["ground_truth"][:, :1]  # the second field is refused after the first was checked
+        with pytest.raises(StorageError, match=r"field 'ground_truth' has samples of shape \(1,\), not \(2,\)"):
+            storage.append("training", bad)
+        storage.append("training", batch(3, 2))
+    reader = MemmapStorage(tmp_path)
+    assert np.array_equal(reader.read("training", "input", np.arange(5))[:, 2, 1], np.arange(5))

@@ -153,7 +153,7 @@ class MemmapStorage:
         self._files: dict[tuple[str, str], tuple[int, Any]] = {}
         self._lock: int | None = None
         self._last_commit = 0.0
-        self._index_mtime: int | None = None
+        self._index_stamp: tuple[int, int] | None = None
         self._full = False
         self._recovered = False
         if not readonly:
@@ -281,8 +281,7 @@ class MemmapStorage:
     def _read_index(self, recover: bool) -> dict[str, Any]:
         path = self.path / INDEX
         try:
-            index, mtime = self._load_index(INDEX)
-            self._index_mtime = mtime
+            index, self._index_stamp = self._load_index(INDEX)
             return index
         except (OSError, ValueError, RecursionError) as exc:
             previous = self._read_previous()
@@ -299,16 +298,25 @@ class MemmapStorage:
                 )
             raise CorruptDatasetError(f"{path} is unreadable: {exc}{hint}") from exc
 
-    def _load_index(self, name: str) -> tuple[dict[str, Any], int]:
+    def _load_index(self, name: str) -> tuple[dict[str, Any], tuple[int, int]]:
+        """The index file ``name``, validated, and its stamp (see :meth:`_stamp`)."""
         fd = self._open_file((name,), os.O_RDONLY)
         with open(fd, "rb") as file:
-            mtime = os.fstat(fd).st_mtime_ns
+            info = os.fstat(fd)
             text = file.read(MAX_INDEX_BYTES + 1)
         if len(text) > MAX_INDEX_BYTES:
             raise ValueError(f"larger than {MAX_INDEX_BYTES} bytes")
         index = json.loads(text)
         validate_index(index)
-        return index, mtime
+        return index, (info.st_ino, info.st_mtime_ns)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        """Identifies the index file now on disk: each commit replaces it with a new file."""
+        try:
+            info = os.stat(self.path / INDEX, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns
 
     def _read_previous(self) -> dict[str, Any] | None:
         try:
@@ -318,11 +326,8 @@ class MemmapStorage:
 
     def refresh(self) -> bool:
         """Re-read the index if a writer committed since; True when it changed."""
-        try:
-            mtime = os.stat(self.path / INDEX, follow_symlinks=False).st_mtime_ns
-        except FileNotFoundError:
-            return False
-        if mtime == self._index_mtime:
+        stamp = self._stamp()
+        if stamp is None or stamp == self._index_stamp:
             return False
         before = {mode: entry["fields"] for mode, entry in self.index["modes"].items()}
         self.index = self._read_index(recover=False)
@@ -408,15 +413,18 @@ class MemmapStorage:
                 f"got {', '.join(f'{n}: {len(a)}' for n, a in arrays.items())}"
             )
         (count,) = counts
+        # every field is checked before any is written: a refused batch leaves no bytes behind
+        arrays = {name: np.ascontiguousarray(arrays[name], dtype=f.dtype) for name, f in layout.items()}
+        for name, f in layout.items():
+            if arrays[name].shape[1:] != f.shape:
+                raise StorageError(f"{self.path}: field {name!r} has samples of shape {arrays[name].shape[1:]}, not {f.shape}")
         if self._closed_on_disk:  # a writer killed from now on may leave bytes past the count
             self._dirty = True
             self.commit(force=True)
         start = self.written[mode]
         last = list(layout)[-1]
         for name, f in layout.items():
-            array = np.ascontiguousarray(arrays[name], dtype=f.dtype)
-            if array.shape[1:] != f.shape:
-                raise StorageError(f"{self.path}: field {name!r} has samples of shape {array.shape[1:]}, not {f.shape}")
+            array = arrays[name]
             done = 0
             while done < count:
                 part, offset = divmod(start + done, f.partition_samples)
@@ -426,6 +434,7 @@ class MemmapStorage:
                     _write_all(handle, memoryview(array[done : done + chunk]).cast("B"))
                 except OSError as exc:
                     if exc.errno not in FULL_DISK_ERRORS:
+                        self._close_files(mode)  # the next append checks the partitions' sizes again
                         raise
                     # fields are written one after the other: the later ones hold none of this batch
                     if name == last:
@@ -435,6 +444,10 @@ class MemmapStorage:
                 done += chunk
         self.written[mode] = start + count
         self._dirty = True
+
+    def _close_files(self, mode: str | None = None) -> None:
+        for key in [key for key in self._files if mode is None or key[0] == mode]:
+            self._files.pop(key)[1].close()
 
     def _file(self, mode: str, name: str, part: int, offset: int):
         """The open partition file ``part``, which must hold exactly ``offset`` bytes."""
@@ -495,7 +508,7 @@ class MemmapStorage:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._index_mtime = os.stat(index_path).st_mtime_ns
+        self._index_stamp = self._stamp()
         self._published = dict(self.written)
         self._closed_on_disk = closed
         self._dirty = False
@@ -508,9 +521,7 @@ class MemmapStorage:
         stays as it was. Either way no byte past the committed count remains.
         """
         self._full = True
-        for _, handle in self._files.values():
-            handle.close()
-        self._files.clear()
+        self._close_files()
         drop = 1
         while True:
             self._truncate_to(self.written)
@@ -576,7 +587,9 @@ class MemmapStorage:
                 for part, size in sorted(sizes.items()):
                     keep = _committed_bytes(count, part, f)
                     file = self._partition_path(mode, name, part)
-                    if size > capacity or (self._closed_on_disk and size > keep):
+                    # a writer may have reopened the dataset since the index was read: then its bytes are new
+                    grown = self._closed_on_disk and size > keep and self._stamp() == self._index_stamp
+                    if size > capacity or grown:
                         raise CorruptDatasetError(
                             f"{file} holds {size} bytes where {INDEX} commits {keep} "
                             f"(field {name!r}: {f.dtype} {f.shape}, {f.partition_samples} per partition): "
@@ -708,9 +721,7 @@ class MemmapStorage:
     def close(self) -> None:
         """Commit what was appended, mark the dataset closed, release files and the writer lock."""
         try:
-            for _, handle in self._files.values():
-                handle.close()
-            self._files.clear()
+            self._close_files()
             if not self.readonly and self._lock is not None and not self._full:
                 if self._dirty or not self._closed_on_disk:
                     try:
