@@ -239,17 +239,18 @@ class MemmapStorage:
             return {}
         sizes = {}
         try:
-            for entry in os.scandir(folder):
-                part = _partition_number(entry.name)
-                if part is None:
-                    continue
-                info = entry.stat(follow_symlinks=False)
-                if not stat.S_ISREG(info.st_mode):
-                    raise CorruptDatasetError(
-                        f"{self.path / mode / name / entry.name} is not a regular file (a symbolic link?); "
-                        "dpx opens only regular files inside a dataset"
-                    )
-                sizes[part] = info.st_size
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    part = _partition_number(entry.name)
+                    if part is None:
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                    if not stat.S_ISREG(info.st_mode):
+                        raise CorruptDatasetError(
+                            f"{self.path / mode / name / entry.name} is not a regular file (a symbolic link?); "
+                            "dpx opens only regular files inside a dataset"
+                        )
+                    sizes[part] = info.st_size
         finally:
             os.close(folder)
         return sizes
