@@ -91,7 +91,7 @@ def index_mutations(draw):
 @st.composite
 def file_mutations(draw):
     """A function changing the partition files of a dataset folder."""
-    kind = draw(st.sampled_from(["delete", "truncate", "extend", "link", "extra", "folder"]))
+    kind = draw(st.sampled_from(["delete", "truncate", "extend", "link", "extra", "folder", "fifo"]))
     field = draw(st.sampled_from(list(FIELDS)))
     part = draw(st.integers(0, 3))
     size = draw(st.integers(0, 600))
@@ -99,7 +99,7 @@ def file_mutations(draw):
     def mutate(dataset: Path, outside: Path) -> None:
         path = dataset / "training" / field / f"{part:05d}.raw"
         plain = path.is_file() and not path.is_symlink()
-        if kind in ("delete", "link", "folder") and path.is_dir() and not path.is_symlink():
+        if kind in ("delete", "link", "folder", "fifo") and path.is_dir() and not path.is_symlink():
             path.rmdir()
         if kind == "delete":
             path.unlink(missing_ok=True)
@@ -116,6 +116,9 @@ def file_mutations(draw):
         elif kind == "folder":
             path.unlink(missing_ok=True)
             path.mkdir()
+        elif kind == "fifo":  # opening a FIFO to read blocks until someone writes: a hang
+            path.unlink(missing_ok=True)
+            os.mkfifo(path)
 
     return mutate
 
