@@ -267,3 +267,34 @@ def test_security_page_and_readme_point_at_tests_that_exist():
         tree = ast.parse((root / path).read_text())
         names = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
         assert name in names, f"{page} cites {path}::{name}, which does not exist"
+
+
+class Picky(dpx.Environment):
+    """Refuses about half its samples, so that refused ones are recorded."""
+
+    def step(self):
+        x = self.rng.normal(size=(3,)).astype(np.float32)
+        self.set_training_data(input=x, ground_truth=x.sum(keepdims=True))
+
+    def check_sample(self):
+        return float(self.sample["input"][0]) > 0
+
+
+def test_recorded_wrong_samples_are_never_written_through_a_link(tmp_path):
+    def generate(batch_nb):
+        return dpx.DataGeneration(
+            dpx.EnvironmentConfig(Picky, seed=7, record_wrong_samples=True), session_dir=str(tmp_path),
+            session_name="picky", new_session=False, batch_nb=batch_nb, batch_size=8, progress=False,
+        ).execute()
+
+    dataset = generate(1).session_path / "dataset"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    wrong = dataset / "wrong_samples"
+    for recorded in wrong.iterdir():
+        recorded.unlink()
+    wrong.rmdir()
+    wrong.symlink_to(outside)
+    with pytest.raises(StorageError, match="wrong_samples is a symbolic link"):
+        generate(4)
+    assert list(outside.iterdir()) == []

@@ -9,6 +9,7 @@ by the first run, so the dataset equals the one an uninterrupted run makes.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from dpx.core.database import Database
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
 from dpx.core.session import Session
-from dpx.core.storage import StorageFullError
+from dpx.core.storage import StorageError, StorageFullError
 
 log = logging.getLogger("dpx.generation")
 
@@ -195,5 +196,10 @@ class _WrongSampleSink:
 
     def __call__(self, sample_id: int, arrays: dict[str, np.ndarray]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        np.savez(self.folder / f"sample{sample_id:08d}_{self.count:04d}.npz", **arrays)
+        if self.folder.is_symlink():  # a shared dataset must not steer writes elsewhere
+            raise StorageError(f"{self.folder} is a symbolic link; dpx writes only inside the dataset folder")
+        path = self.folder / f"sample{sample_id:08d}_{self.count:04d}.npz"
+        path.unlink(missing_ok=True)  # replaced, never written through a link in its place
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as file:
+            np.savez(file, **arrays)
         self.count += 1
