@@ -26,6 +26,10 @@ DATABASE_MODES = ("training", "validation", "prediction")
 MODE_STREAMS = {mode: index for index, mode in enumerate(DATABASE_MODES)}
 
 
+#: Smallest ``DatabaseConfig.max_file_size`` (gigabytes): below it partitions hold a sample or two each.
+MIN_FILE_SIZE = 1e-6
+
+
 class ConfigError(ValueError):
     """A configuration parameter has a wrong type or value."""
 
@@ -204,6 +208,11 @@ class DatabaseConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _require(self, self.max_file_size > 0, "max_file_size", "must be positive (gigabytes)")
+        _require(
+            self, self.max_file_size >= MIN_FILE_SIZE, "max_file_size",
+            f"partition files this small hold one sample each; give gigabytes, at least {MIN_FILE_SIZE:g} (1 kB), "
+            "default 0.25",
+        )
 
     @property
     def max_file_bytes(self) -> int:
