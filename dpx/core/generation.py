@@ -112,16 +112,17 @@ class DataGeneration:
         reopened = Session.reopened(database_config.existing_dir, self.session_dir, self.session_name, self.new_session)
         dataset = source or (reopened / "dataset" if reopened is not None else None)
         previous = same_mode = None
-        if dataset is not None and (dataset / "dataset.json").exists():
+        extending = dataset is not None and (dataset / "dataset.json").exists()
+        if extending and dataset.name == "dataset":
+            session = Session(dataset.parent)
+            previous, same_mode = session.last_producing_run(), session.last_producing_run(self.mode)
+        setup.seed = resume_seed(previous, config.seed)
+        check_same_environment(same_mode, config, setup.seed, self.allow_changes, dataset)
+        if extending:
             stored, count = stored_fields(dataset, database_config, self.mode)
             check_same_fields(setup.fields, stored, dataset, self.mode)
             setup.checked.append(f"dataset {dataset} ({count} {self.mode} samples)")
             setup.read("the dataset", dataset)
-            if dataset.name == "dataset":
-                session = Session(dataset.parent)
-                previous, same_mode = session.last_producing_run(), session.last_producing_run(self.mode)
-        setup.seed = resume_seed(previous, config.seed)
-        check_same_environment(same_mode, config, setup.seed, self.allow_changes, dataset)
         check_batch_memory("DataGeneration", self.batch_size, setup.fields)
         check_partitions(database_config, setup.fields)
         return setup

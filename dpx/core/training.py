@@ -161,18 +161,19 @@ class Training:
         if environment is not None:
             check_environment(environment, setup)
             dataset = source or (reopened / "dataset" if reopened is not None else None)
-            previous = same_mode = None
-            if dataset is not None and (dataset / "dataset.json").exists():
+            previous = None
+            extending = dataset is not None and (dataset / "dataset.json").exists()
+            if extending and dataset.name == "dataset":
+                previous = Session(dataset.parent).last_producing_run("training")
+            setup.seed = resume_seed(previous, environment.seed)
+            check_same_environment(previous, environment, setup.seed, self.allow_changes, dataset)
+            if extending:
                 stored, count = stored_fields(dataset, database_config, "training")
                 check_same_fields(setup.fields, stored, dataset, "training")
                 setup.checked.append(f"dataset {dataset} ({count} training samples, extended)")
                 setup.read("the dataset", dataset)
-                if dataset.name == "dataset":
-                    previous = same_mode = Session(dataset.parent).last_producing_run("training")
                 if stored and not setup.fields_complete:
                     setup.fields, setup.fields_complete = stored, True
-            setup.seed = resume_seed(previous, environment.seed)
-            check_same_environment(same_mode, environment, setup.seed, self.allow_changes, dataset)
             check_partitions(database_config, setup.fields)
             source_name = f"the samples of {environment.environment_name}"
         else:
