@@ -211,3 +211,21 @@ def test_interrupted_training_says_how_to_resume(capsys, tmp_path, caplog):
     assert "resume with pipeline.session_name='online' pipeline.new_session=false" in caplog.text
     run = json.loads((tmp_path / "sessions/online/session.json").read_text())["runs"][-1]
     assert run["outcome"] == "interrupted" and run["environment_seed"] == 1
+
+
+def test_running_the_example_generation_again_completes_the_same_session(capsys, tmp_path):
+    generated(capsys)
+    assert main(["generate", GENERATE, "pipeline.batch_nb=3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "64 training samples" in out and "holds 192" in out and out.rstrip().endswith("session: sessions/spring")
+    assert not (tmp_path / "sessions/spring_1").exists()
+
+
+def test_progress_counts_batches_as_integers():
+    from dpx.core.progress import Progress
+
+    progress = Progress(1000, desc="train", unit="batch", enabled=True)
+    progress.update(63)
+    shown = str(progress.bar)
+    progress.close()
+    assert "63/1000" in shown, shown
