@@ -21,8 +21,11 @@ TRAIN = str(EXAMPLES / "spring_train.toml")
 PREDICT = str(EXAMPLES / "spring_predict.toml")
 
 
-def listing(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+def listing(folder: Path) -> list[tuple[str, int]]:
+    """Every path under ``folder`` with its size (0 for folders): what a refused run must leave as it was."""
+    if not folder.exists():
+        return []
+    return sorted((str(p.relative_to(folder)), p.stat().st_size if p.is_file() else 0) for p in folder.rglob("*"))
 
 
 def refused(capsys, tmp_path: Path, command: str, *args: str, expected: str) -> str:
@@ -156,7 +159,7 @@ def test_a_rerun_says_it_writes_a_new_session_and_which_session_it_reads(capsys,
     with caplog.at_level(logging.WARNING, "dpx"):
         assert main(["generate", GENERATE, "pipeline.new_session=false", "--dry-run"]) == 0
     assert "newer sessions exist beside sessions/spring: spring_1" in caplog.text
-    assert "dataset sessions/spring/dataset (128 training samples)" in capsys.readouterr().out
+    assert "dataset sessions/spring/dataset (128 training samples, extended)" in capsys.readouterr().out
 
 
 def test_session_record_is_json(tmp_path, capsys):
@@ -229,3 +232,13 @@ def test_progress_counts_batches_as_integers():
     shown = str(progress.bar)
     progress.close()
     assert "63/1000" in shown, shown
+
+
+def test_resuming_a_training_with_another_architecture_is_refused(capsys, tmp_path):
+    generated(capsys)
+    assert main(["train", TRAIN, "pipeline.epoch_nb=1", "--no-progress"]) == 0
+    capsys.readouterr()
+    refused(capsys, tmp_path, "train", TRAIN, "pipeline.new_session=false", "pipeline.epoch_nb=2",
+            "network.network_kwargs.hidden=[8]",
+            expected="[network] sessions/spring_fc/network/network.pt holds a fc network with network_kwargs="
+                     "{'hidden': [64, 64]}, but network_class='fc' with network_kwargs={'hidden': [8]} is asked for")

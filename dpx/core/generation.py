@@ -23,13 +23,10 @@ from dpx.core.preflight import (
     SetUp,
     check_batch_memory,
     check_environment,
+    check_extension,
     check_partitions,
-    check_same_environment,
-    check_same_fields,
     check_session_location,
     check_storage,
-    resume_seed,
-    stored_fields,
 )
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
@@ -111,18 +108,7 @@ class DataGeneration:
         source = existing_dataset(database_config.existing_dir) if database_config.existing_dir is not None else None
         reopened = Session.reopened(database_config.existing_dir, self.session_dir, self.session_name, self.new_session)
         dataset = source or (reopened / "dataset" if reopened is not None else None)
-        previous = same_mode = None
-        extending = dataset is not None and (dataset / "dataset.json").exists()
-        if extending and dataset.name == "dataset":
-            session = Session(dataset.parent)
-            previous, same_mode = session.last_producing_run(), session.last_producing_run(self.mode)
-        setup.seed = resume_seed(previous, config.seed)
-        check_same_environment(same_mode, config, setup.seed, self.allow_changes, dataset)
-        if extending:
-            stored, count = stored_fields(dataset, database_config, self.mode)
-            check_same_fields(setup.fields, stored, dataset, self.mode)
-            setup.checked.append(f"dataset {dataset} ({count} {self.mode} samples)")
-            setup.read("the dataset", dataset)
+        check_extension(setup, config, database_config, dataset, self.mode, self.allow_changes)
         check_batch_memory("DataGeneration", self.batch_size, setup.fields)
         check_partitions(database_config, setup.fields)
         return setup

@@ -183,6 +183,31 @@ def declared_fields(environment: Any) -> tuple[FieldSpecs, bool]:
 # -- resuming --------------------------------------------------------------------------------
 
 
+def check_extension(
+    setup: SetUp, config: EnvironmentConfig, database_config: DatabaseConfig, dataset: Path | None, mode: str,
+    allow_changes: bool,
+) -> None:
+    """For a run adding samples of ``mode`` to ``dataset`` (None: a new one): pick the seed, refuse other
+    environment settings than those recorded, and fields other than those stored."""
+    from dpx.core.session import Session
+
+    previous = same_mode = None
+    extending = dataset is not None and (dataset / "dataset.json").exists()
+    if extending and dataset.name == "dataset":
+        session = Session(dataset.parent)
+        previous, same_mode = session.last_producing_run(), session.last_producing_run(mode)
+    setup.seed = resume_seed(previous, config.seed)
+    check_same_environment(same_mode, config, setup.seed, allow_changes, dataset)
+    if not extending:
+        return
+    stored, count = stored_fields(dataset, database_config, mode)
+    check_same_fields(setup.fields, stored, dataset, mode)
+    setup.checked.append(f"dataset {dataset} ({count} {mode} samples, extended)")
+    setup.read("the dataset", dataset)
+    if stored and not setup.fields_complete:
+        setup.fields, setup.fields_complete = stored, True
+
+
 def recorded_environment_seed(run: dict[str, Any]) -> int | None:
     """The root seed of the environments of a recorded run."""
     if "environment_seed" in run:
@@ -352,6 +377,18 @@ def check_stats_writers(names: list[str]) -> None:
             plugins.load("stats_writers", name)
         except PluginError as exc:
             raise ConfigError(f"Training: stats={names!r}: {exc}") from exc
+
+
+def check_same_network(config: Any, checkpoint: Path, backend_class: type) -> None:
+    """A checkpoint continues only the architecture it holds (``network_class`` and ``network_kwargs``)."""
+    saved = backend_class.read_extra(checkpoint).get("network_config") or {}
+    now = _jsonable(as_record(config))
+    if any(parameter in saved and saved[parameter] != now[parameter] for parameter in ("network_class", "network_kwargs")):
+        raise ConfigError(
+            f"NetworkConfig: {checkpoint} holds a {saved.get('network_class')} network with network_kwargs="
+            f"{saved.get('network_kwargs')}, but network_class={now['network_class']!r} with network_kwargs="
+            f"{now['network_kwargs']} is asked for; ask for the saved one, or start a new session"
+        )
 
 
 def check_network_fields(fields: FieldSpecs, input_fields: list[str], target_fields: list[str], source: str) -> None:

@@ -49,14 +49,13 @@ from dpx.core.preflight import (
     SetUp,
     check_batch_memory,
     check_environment,
+    check_extension,
     check_network_fields,
     check_partitions,
-    check_same_environment,
-    check_same_fields,
+    check_same_network,
     check_session_location,
     check_stats_writers,
     check_storage,
-    resume_seed,
     stored_fields,
 )
 from dpx.core.producer import resolve_seed
@@ -148,46 +147,20 @@ class Training:
     def prepare(self) -> SetUp:
         """Check every component and the data to train on; nothing is written (see dpx.core.preflight)."""
         setup = SetUp()
-        network, database_config, environment = self.network_config, self.database_config, self.environment_config
+        network = self.network_config
         check_session_location("Training", self.session_dir, self.session_name)
         check_stats_writers(self.stats_writers)
-        check_storage(database_config)
-        existing = database_config.existing_dir
+        check_storage(self.database_config)
+        existing = self.database_config.existing_dir
         source = existing_dataset(existing) if existing is not None else None
         # with an environment the run extends the dataset in its session (see Session.for_dataset);
         # without, it reads the dataset and writes to its own session
-        reopened = Session.reopened(existing if environment is not None else None, self.session_dir,
+        reopened = Session.reopened(existing if self.environment_config is not None else None, self.session_dir,
                                     self.session_name, self.new_session)
-        if environment is not None:
-            check_environment(environment, setup)
-            dataset = source or (reopened / "dataset" if reopened is not None else None)
-            previous = None
-            extending = dataset is not None and (dataset / "dataset.json").exists()
-            if extending and dataset.name == "dataset":
-                previous = Session(dataset.parent).last_producing_run("training")
-            setup.seed = resume_seed(previous, environment.seed)
-            check_same_environment(previous, environment, setup.seed, self.allow_changes, dataset)
-            if extending:
-                stored, count = stored_fields(dataset, database_config, "training")
-                check_same_fields(setup.fields, stored, dataset, "training")
-                setup.checked.append(f"dataset {dataset} ({count} training samples, extended)")
-                setup.read("the dataset", dataset)
-                if stored and not setup.fields_complete:
-                    setup.fields, setup.fields_complete = stored, True
-            check_partitions(database_config, setup.fields)
-            source_name = f"the samples of {environment.environment_name}"
+        if self.environment_config is not None:
+            source_name = self._check_production(setup, source, reopened)
         else:
-            setup.dataset = source or self._own_dataset(reopened)
-            setup.fields, count = stored_fields(setup.dataset, database_config, "training")
-            setup.fields_complete = True
-            if count == 0:
-                raise ConfigError(
-                    f"DatabaseConfig: the dataset {setup.dataset} holds no training samples; generate data first "
-                    "(python -m dpx generate ...) or give an [environment] to produce them while training"
-                )
-            setup.checked.append(f"dataset {setup.dataset} ({count} training samples)")
-            setup.read("the dataset", setup.dataset)
-            source_name = f"the dataset {setup.dataset}"
+            source_name = self._check_stored_dataset(setup, source or self._own_dataset(reopened))
         if setup.fields_complete:
             check_network_fields(setup.fields, network.input_fields, network.target_fields, source_name)
         check_network(network, setup.fields if setup.fields_complete else None)
@@ -195,11 +168,35 @@ class Training:
                              f"optimizer {network.optimizer}")
         setup.checkpoint = self._resume_point(reopened)
         if setup.checkpoint is not None:
+            check_same_network(network, setup.checkpoint, load_backend(network))
             setup.checked.append(f"starting from {setup.checkpoint}")
             setup.read("the network", setup.checkpoint)
         setup.checked.append(f"stats {', '.join(self.stats_writers) or 'none'}")
         check_batch_memory("Training", self.batch_size, setup.fields)
         return setup
+
+    def _check_production(self, setup: SetUp, source: Path | None, reopened: Path | None) -> str:
+        """Check the environments and the dataset they extend; returns what the data is, for messages."""
+        environment = self.environment_config
+        check_environment(environment, setup)
+        dataset = source or (reopened / "dataset" if reopened is not None else None)
+        check_extension(setup, environment, self.database_config, dataset, "training", self.allow_changes)
+        check_partitions(self.database_config, setup.fields)
+        return f"the samples of {environment.environment_name}"
+
+    def _check_stored_dataset(self, setup: SetUp, dataset: Path) -> str:
+        """Check the dataset training reads; returns what the data is, for messages."""
+        setup.dataset = dataset
+        setup.fields, count = stored_fields(dataset, self.database_config, "training")
+        setup.fields_complete = True
+        if count == 0:
+            raise ConfigError(
+                f"DatabaseConfig: the dataset {dataset} holds no training samples; generate data first "
+                "(python -m dpx generate ...) or give an [environment] to produce them while training"
+            )
+        setup.checked.append(f"dataset {dataset} ({count} training samples)")
+        setup.read("the dataset", dataset)
+        return f"the dataset {dataset}"
 
     def _own_dataset(self, reopened: Path | None) -> Path:
         """The dataset of the session this run resumes, when training without environment nor existing_dir."""
