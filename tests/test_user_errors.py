@@ -100,7 +100,8 @@ def test_resume_refuses_other_settings_unless_allowed(capsys, tmp_path):
     refused(capsys, tmp_path, "generate", GENERATE, *resume, "environment.env_kwargs.dt=0.1", "--seed", "7",
             expected="[environment] seed: 0 recorded, 7 now")
     refused(capsys, tmp_path, "generate", GENERATE, *resume, "environment.env_kwargs={}",
-            "environment.environment_class='toy.mean'", expected="environment_class: 'toy.spring' recorded, 'toy.mean' now")
+            "environment.environment_class='toy.mean'",
+            expected="environment_class: 'toy.spring' recorded, 'toy.mean' now")
     # giving a parameter its default value changes nothing
     assert main(["generate", GENERATE, *resume, "environment.env_kwargs={dt=0.1, mass_range=[0.5, 2.0]}"]) == 0
     assert "holds 192" in capsys.readouterr().out

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from dpx.core.config import ConfigError, DatabaseConfig, EnvironmentConfig, as_record
-from dpx.core.session import check_session_name, newer_sessions
+from dpx.core.session import Session, check_session_name, newer_sessions
 from dpx.plugins import PluginError, get_plugins
 
 log = logging.getLogger("dpx.preflight")
@@ -189,8 +189,6 @@ def check_extension(
 ) -> None:
     """For a run adding samples of ``mode`` to ``dataset`` (None: a new one): pick the seed, refuse other
     environment settings than those recorded, and fields other than those stored."""
-    from dpx.core.session import Session
-
     previous = same_mode = None
     extending = dataset is not None and (dataset / "dataset.json").exists()
     if extending and dataset.name == "dataset":
@@ -252,12 +250,16 @@ def environment_changes(previous: dict[str, Any], config: EnvironmentConfig, see
     now = _jsonable(as_record(config))
     changes = []
     if recorded.get("environment_class") != now["environment_class"]:
-        changes.append(f"environment_class: {recorded.get('environment_class')!r} recorded, {now['environment_class']!r} now")
+        changes.append(
+            f"environment_class: {recorded.get('environment_class')!r} recorded, {now['environment_class']!r} now"
+        )
     else:
-        before, after = _with_defaults(config, recorded.get("env_kwargs") or {}), _with_defaults(config, now["env_kwargs"])
+        before = _with_defaults(config, recorded.get("env_kwargs") or {})
+        after = _with_defaults(config, now["env_kwargs"])
         for key in sorted(set(before) | set(after)):
-            if before.get(key, _UNSET) != after.get(key, _UNSET):
-                changes.append(f"env_kwargs.{key}: {_show(before.get(key, _UNSET))} recorded, {_show(after.get(key, _UNSET))} now")
+            old, new = before.get(key, _UNSET), after.get(key, _UNSET)
+            if old != new:
+                changes.append(f"env_kwargs.{key}: {_show(old)} recorded, {_show(new)} now")
     recorded_seed = recorded_environment_seed(previous)
     if seed is not None and recorded_seed is not None and recorded_seed != seed:
         changes.append(f"seed: {recorded_seed} recorded, {seed} now")
@@ -272,7 +274,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _with_defaults(config: EnvironmentConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with the constructor's defaults filled in, as JSON values: leaving out ``dt`` equals giving its default."""
+    """``kwargs`` with the constructor's defaults, as JSON values: leaving ``dt`` out equals giving its default."""
     try:
         bound = inspect.signature(config.resolve_environment()).bind_partial(**kwargs)
     except (TypeError, ValueError, PluginError):
@@ -383,7 +385,7 @@ def check_same_network(config: Any, checkpoint: Path, backend_class: type) -> No
     """A checkpoint continues only the architecture it holds (``network_class`` and ``network_kwargs``)."""
     saved = backend_class.read_extra(checkpoint).get("network_config") or {}
     now = _jsonable(as_record(config))
-    if any(parameter in saved and saved[parameter] != now[parameter] for parameter in ("network_class", "network_kwargs")):
+    if any(key in saved and saved[key] != now[key] for key in ("network_class", "network_kwargs")):
         raise ConfigError(
             f"NetworkConfig: {checkpoint} holds a {saved.get('network_class')} network with network_kwargs="
             f"{saved.get('network_kwargs')}, but network_class={now['network_class']!r} with network_kwargs="
