@@ -102,6 +102,11 @@ class EnvironmentConfig:
     and counts the dropped sample. ``load_samples`` (DeepPhysX's feeding of
     stored samples to the environments, with ``only_first_epoch``) is refused
     for now rather than ignored.
+
+    Before a run creates its session, dpx builds one environment in its own
+    process to check ``env_kwargs`` (the constructor and ``init_database``
+    only; ``create`` builds simulations where they run, in the workers of a
+    remote runner): keep ``__init__`` cheap and free of side effects.
     """
 
     environment_class: type | str
