@@ -18,16 +18,33 @@ from dpx.plugins import REGISTRIES, PluginError, get_plugins
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(message)s")
     try:
         return args.run(args)
     except (PluginError, ValueError, OSError, LookupError, RuntimeError) as exc:
         print(f"dpx {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"dpx {args.command}: error: out of memory; lower pipeline.batch_size or the size of the samples",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"dpx {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, taking KEY=VALUE overrides wherever they stand, also after options.
+
+    (``parse_intermixed_args`` does not support subcommands.)
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(arg.startswith("-") for arg in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,10 +79,15 @@ def _parser() -> argparse.ArgumentParser:
             name,
             help=f"{summary} from a TOML config",
             description=f"Run the {pipeline} pipeline described by a TOML file with the tables {tables}. "
-            "Running it again with pipeline.new_session=false resumes an interrupted session.",
+            "Everything is checked before a session folder is created. With pipeline.new_session=true a re-run "
+            "writes to a new session (NAME_1, NAME_2...); with pipeline.new_session=false it resumes the session "
+            "NAME, refusing other environment settings or seed than those recorded unless --allow-changes.",
             epilog=f"Example: python -m dpx {name} examples/spring_{name}.toml pipeline.batch_size=64",
         )
         _add_job_arguments(job)
+        if name != "predict":
+            job.add_argument("--allow-changes", action="store_true",
+                             help="let a resumed session take samples made with other env_kwargs or another seed")
         job.set_defaults(run=_job)
 
     worker = commands.add_parser(
@@ -114,7 +136,8 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="root seed of the per-sample seeds")
     parser.add_argument("--workers", type=int, help="number of environments run in parallel")
     parser.add_argument("--runner", help="runner name (see `python -m dpx plugins`)")
-    parser.add_argument("--dry-run", action="store_true", help="check the config and the plugins, run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run every check a real run makes before its first step, then stop; writes nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
 
@@ -125,33 +148,22 @@ def _job_overrides(args: argparse.Namespace) -> list[str]:
         value = getattr(args, option)
         if value is not None:
             overrides.append(f"environment.{option}={value!r}" if isinstance(value, str) else f"environment.{option}={value}")
+    if getattr(args, "allow_changes", False):
+        overrides.append("pipeline.allow_changes=true")
     return overrides
 
 
 def _job(args: argparse.Namespace) -> int:
-    from dpx.core.jobs import build_job
+    from dpx.core.jobs import build_job, prepare_job
 
     pipeline = build_job(args.command, args.config, _job_overrides(args), progress=False if args.no_progress else None)
+    setup = prepare_job(pipeline, args.config)
     if args.dry_run:
-        return _dry_run(pipeline)
-    print(pipeline.execute())
-    return 0
-
-
-def _dry_run(pipeline) -> int:
-    """Resolve every name the job uses, without running it."""
-    checked = []
-    environment_config = getattr(pipeline, "environment_config", None)
-    if environment_config is not None:
-        cls = environment_config.resolve_environment()
-        get_plugins().load("runners", environment_config.runner)
-        checked.append(f"environment {environment_config.environment_name} -> {cls.__module__}.{cls.__qualname__}")
-        checked.append(f"runner {environment_config.runner}")
-    network_config = getattr(pipeline, "network_config", None)
-    if network_config is not None:
-        get_plugins().load("network_backends", network_config.backend)
-        checked.append(f"network {network_config.network_class} on backend {network_config.backend}")
-    print(f"config OK: {', '.join(checked)}")
+        print(setup)
+        return 0
+    for line in setup.reads:
+        print(f"dpx {args.command}: reading {line}", file=sys.stderr)
+    print(pipeline.execute(setup))
     return 0
 
 

@@ -29,7 +29,8 @@ def test_generate_then_info(tmp_path):
     record = json.loads((tmp_path / "sessions/spring/session.json").read_text())
     assert record["runs"][0]["configs"]["environment"]["env_kwargs"] == {"dt": 0.02}
     # resume: a larger batch_nb on the same session appends only what is missing
-    again = dpx_cli("generate", config, "pipeline.batch_nb=6", "pipeline.new_session=false", cwd=tmp_path)
+    again = dpx_cli("generate", config, "pipeline.batch_nb=6", "pipeline.new_session=false",
+                    "environment.env_kwargs.dt=0.02", cwd=tmp_path)
     assert "64 training samples" in again.stdout and "holds 384" in again.stdout
 
 

@@ -196,8 +196,10 @@ def test_async_step_and_simulations_per_step(tmp_path):
 def test_registered_names_and_env_kwargs(tmp_path):
     summary = generate(tmp_path, "toy.mean", env_kwargs={"n_points": 5})
     assert dpx.open_database(summary.session_path).fields()["input"][1] == (5, 3)
-    with pytest.raises(ConfigError, match=r"env_kwargs=\{'n_pointz': 5\} rejected"):
+    with pytest.raises(ConfigError, match=r"env_kwargs.n_pointz=5 rejected by toy.mean: no such parameter "
+                                          r"\(did you mean 'n_points'\?\)"):
         generate(tmp_path, "toy.mean", name="bad", env_kwargs={"n_pointz": 5})
+    assert not (tmp_path / "bad").exists(), "a refused env_kwargs must not leave a session behind"
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def test_ctrl_c_leaves_no_orphan_and_a_resumable_session(tmp_path):
     job.send_signal(signal.SIGINT)
     _, stderr = job.communicate(timeout=30)
     assert job.returncode != 0 and "KeyboardInterrupt" in stderr
-    assert "Run again with new_session=False to resume" in stderr
+    assert "resume with pipeline.session_name='s' pipeline.new_session=false" in stderr
     time.sleep(0.5)
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
     assert not alive, f"orphan worker processes {alive}"

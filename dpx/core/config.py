@@ -26,6 +26,10 @@ DATABASE_MODES = ("training", "validation", "prediction")
 MODE_STREAMS = {mode: index for index, mode in enumerate(DATABASE_MODES)}
 
 
+#: Smallest ``DatabaseConfig.max_file_size`` (gigabytes): below it partitions hold a sample or two each.
+MIN_FILE_SIZE = 1e-6
+
+
 class ConfigError(ValueError):
     """A configuration parameter has a wrong type or value."""
 
@@ -98,6 +102,11 @@ class EnvironmentConfig:
     and counts the dropped sample. ``load_samples`` (DeepPhysX's feeding of
     stored samples to the environments, with ``only_first_epoch``) is refused
     for now rather than ignored.
+
+    Before a run creates its session, dpx builds one environment in its own
+    process to check ``env_kwargs`` (the constructor and ``init_database``
+    only; ``create`` builds simulations where they run, in the workers of a
+    remote runner): keep ``__init__`` cheap and free of side effects.
     """
 
     environment_class: type | str
@@ -204,6 +213,11 @@ class DatabaseConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _require(self, self.max_file_size > 0, "max_file_size", "must be positive (gigabytes)")
+        _require(
+            self, self.max_file_size >= MIN_FILE_SIZE, "max_file_size",
+            f"partition files this small hold one sample each; give gigabytes, at least {MIN_FILE_SIZE:g} (1 kB), "
+            "default 0.25",
+        )
 
     @property
     def max_file_bytes(self) -> int:

@@ -4,6 +4,8 @@
 hold. Running the pipeline again on the same session (``new_session=False``)
 resumes: it produces only the samples still missing, with the seed recorded
 by the first run, so the dataset equals the one an uninterrupted run makes.
+Everything is checked by :meth:`DataGeneration.prepare` before the session
+folder is created.
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ import numpy as np
 
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, as_record
 from dpx.core.database import Database
+from dpx.core.preflight import (
+    SetUp,
+    check_batch_memory,
+    check_environment,
+    check_extension,
+    check_partitions,
+    check_session_location,
+    check_storage,
+)
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
-from dpx.core.session import Session
+from dpx.core.session import Session, existing_dataset, outcome_of
 from dpx.core.storage import StorageError, StorageFullError
 
 log = logging.getLogger("dpx.generation")
@@ -54,7 +65,12 @@ class GenerationSummary:
 
 
 class DataGeneration:
-    """Generate ``batch_nb`` batches of ``batch_size`` samples into a session's dataset."""
+    """Generate ``batch_nb`` batches of ``batch_size`` samples into a session's dataset.
+
+    Resuming (``new_session=False``) adds samples to the session's dataset only
+    with the environment, ``env_kwargs`` and seed recorded by its last run;
+    ``allow_changes=True`` mixes samples of other settings on purpose.
+    """
 
     def __init__(
         self,
@@ -66,6 +82,7 @@ class DataGeneration:
         batch_nb: int = 1,
         batch_size: int = 1,
         progress: bool | None = None,
+        allow_changes: bool = False,
     ) -> None:
         if not isinstance(batch_nb, int) or batch_nb < 0:
             raise ConfigError(f"DataGeneration: batch_nb={batch_nb!r} must be a non-negative integer")
@@ -76,19 +93,35 @@ class DataGeneration:
         self.session_dir, self.session_name, self.new_session = session_dir, session_name, new_session
         self.batch_nb, self.batch_size = batch_nb, batch_size
         self.progress = progress
+        self.allow_changes = allow_changes
         self.session_path: Path | None = None
 
-    def execute(self) -> GenerationSummary:
-        from dpx.plugins import get_plugins
+    @property
+    def mode(self) -> str:
+        return self.database_config.mode or "training"
 
-        # resolve names first: a typo must not leave an empty session behind
-        runner_class = get_plugins().load("runners", self.environment_config.runner)
-        self.environment_config.resolve_environment()
+    def prepare(self) -> SetUp:
+        """Check every component and what the run would extend; nothing is written (see dpx.core.preflight)."""
+        setup = SetUp()
+        config, database_config = self.environment_config, self.database_config
+        check_session_location("DataGeneration", self.session_dir, self.session_name)
+        check_environment(config, setup)
+        check_storage(database_config)
+        source = existing_dataset(database_config.existing_dir) if database_config.existing_dir is not None else None
+        reopened = Session.reopened(database_config.existing_dir, self.session_dir, self.session_name, self.new_session)
+        dataset = source or (reopened / "dataset" if reopened is not None else None)
+        check_extension(setup, config, database_config, dataset, self.mode, self.allow_changes)
+        check_batch_memory("DataGeneration", self.batch_size, setup.fields)
+        check_partitions(database_config, setup.fields)
+        return setup
+
+    def execute(self, setup: SetUp | None = None) -> GenerationSummary:
+        """Run the generation; ``setup`` is what :meth:`prepare` returned (prepared here when None)."""
+        setup = setup or self.prepare()
         session = self._open_session()
         self.session_path = session.path
-        mode = self.database_config.mode or "training"
-        seed = self._seed(session)
-        _, key = resolve_seed(seed)
+        mode = self.mode
+        seed, key = resolve_seed(setup.seed)
         total = self.batch_nb * self.batch_size
         # opened first: it drops a killed run's uncommitted tail, which makes room on a full disk
         database = Database(session.dataset_dir, self.database_config)
@@ -102,15 +135,17 @@ class DataGeneration:
                 },
                 seed=seed,
                 mode=mode,
+                outcome="started",
             )
         except BaseException:
             database.close()
             raise
         sink = _WrongSampleSink(session.dataset_dir / "wrong_samples") if self.environment_config.record_wrong_samples else None
-        runner = runner_class(self.environment_config, key, on_wrong_sample=sink)
+        runner = setup.runner_class(self.environment_config, key, on_wrong_sample=sink)
         progress = None
         produced = 0
-        interrupted = full = False
+        outcome = "completed"
+        full = False
         try:
             runner.start()
             start = database.count(mode) if mode in database.modes else 0
@@ -139,12 +174,12 @@ class DataGeneration:
                     progress.update(len(ids))
                 if storing is not None:
                     storing.result()
-        except KeyboardInterrupt:
-            interrupted = True
-            raise
         except StorageFullError as exc:
-            full = True
-            raise StorageFullError(f"{exc} (pipeline.new_session=false, or new_session=False in Python)") from None
+            outcome, full = outcome_of(exc), True
+            raise StorageFullError(f"{exc} ({session.resume_hint('DataGeneration')})") from None
+        except BaseException as exc:
+            outcome = outcome_of(exc)
+            raise
         finally:
             if progress is not None:
                 progress.close()
@@ -154,9 +189,11 @@ class DataGeneration:
                 if self.database_config.normalize and self.database_config.recompute_normalization and produced and not full:
                     database.recompute_normalization()
                 database.close()
-                if interrupted:
-                    log.warning("dpx: interrupted; %d %s samples are stored in %s. Run again with "
-                                "new_session=False to resume.", database.count(mode), mode, session.path)
+                stored = database.count(mode) if mode in database.modes else 0
+                session.finish_run(outcome, produced=produced, samples=stored)
+                if outcome == "interrupted":
+                    log.warning("dpx: interrupted; %d %s samples are stored in %s: %s.", stored, mode,
+                                session.path, session.resume_hint("DataGeneration"))
         stats = runner.stats
         return GenerationSummary(
             session.path,
@@ -172,19 +209,6 @@ class DataGeneration:
         return Session.for_dataset(
             self.database_config.existing_dir, self.session_dir, self.session_name, self.new_session
         )
-
-    def _seed(self, session: Session) -> int:
-        """The config's seed, else the one a previous run of this session used, else a fresh one."""
-        previous = session.last_run("DataGeneration")
-        if self.environment_config.seed is not None:
-            if previous and previous.get("seed") not in (None, self.environment_config.seed):
-                log.warning("dpx: this session was generated with seed %s; continuing with seed %s",
-                            previous["seed"], self.environment_config.seed)
-            return self.environment_config.seed
-        if previous and previous.get("seed") is not None:
-            return int(previous["seed"])
-        seed, _ = resolve_seed(None)
-        return seed
 
 
 class _WrongSampleSink:

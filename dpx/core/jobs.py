@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dpx.core.config import (
+    ConfigError,
     DatabaseConfig,
     EnvironmentConfig,
     NetworkConfig,
@@ -30,6 +31,7 @@ from dpx.core.config import (
     from_mapping,
     read_toml,
 )
+from dpx.core.preflight import SetUp
 
 SECTIONS = {
     "generate": ("environment", "database", "pipeline"),
@@ -65,6 +67,28 @@ def build_job(kind: str, path: str | os.PathLike, overrides: list[str], progress
     return from_mapping(pipeline_class, pipeline, f"{path} [pipeline]")
 
 
+#: The TOML table of each configuration object, to place an error raised by the API in the job file.
+SECTION_OF = {
+    "EnvironmentConfig": "environment",
+    "DatabaseConfig": "database",
+    "NetworkConfig": "network",
+    "DataGeneration": "pipeline",
+    "Training": "pipeline",
+    "Prediction": "pipeline",
+}
+
+
+def prepare_job(pipeline: Any, path: str | os.PathLike) -> SetUp:
+    """Run the pipeline's set-up checks; a refusal names the file and table of the parameter at fault."""
+    try:
+        return pipeline.prepare()
+    except ConfigError as exc:
+        owner, sep, rest = str(exc).partition(": ")
+        if sep and owner in SECTION_OF:
+            raise ConfigError(f"{path} [{SECTION_OF[owner]}] {rest}") from exc
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
 def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     """What ``python -m dpx info`` shows, as JSON-friendly data."""
     from dpx.core.database import dataset_path, open_database
@@ -73,11 +97,14 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no session at {path}")
+    if not path.is_dir():
+        raise NotADirectoryError(
+            f"{path} is a file; `info` describes a session folder (e.g. sessions/spring). "
+            f"To check a job file, run it with --dry-run: python -m dpx generate|train|predict {path} --dry-run"
+        )
     dataset_dir = dataset_path(path)
     session = Session(dataset_dir.parent if dataset_dir.name == "dataset" else path)
-    runs = [
-        f"{run['pipeline']} {run['started']} seed={run.get('seed')}" for run in session.read_record().get("runs", [])
-    ]
+    runs = [_describe_run(run) for run in session.read_record().get("runs", [])]
     dataset: dict[str, Any] = {}
     if (dataset_dir / "dataset.json").exists() or (dataset_dir / "dataset.json.prev").exists():
         with open_database(dataset_dir) as database:
@@ -92,3 +119,19 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     network_dir = session.path / "network"
     networks = sorted(p.name for p in network_dir.iterdir()) if network_dir.is_dir() else []
     return {"path": str(session.path), "runs": runs, "dataset": dataset, "networks": networks}
+
+
+def _describe_run(run: dict[str, Any]) -> str:
+    """``DataGeneration 2026-01-01T10:00:00 seed=0 mode=training: +320 samples (320 stored), completed``."""
+    text = f"{run['pipeline']} {run['started']} seed={run.get('seed')}"
+    if run.get("mode"):
+        text += f" mode={run['mode']}"
+    counts = []
+    if "produced" in run:
+        counts.append(f"+{run['produced']} samples ({run.get('samples')} stored)")
+    elif "steps" in run:
+        counts.append(f"{run['steps']} steps, {run.get('samples', 0)} samples")
+    outcome = run.get("outcome")
+    if outcome == "started":
+        outcome = "started, never finished (killed?)"
+    return text + (": " + ", ".join([*counts, outcome]) if outcome else "")

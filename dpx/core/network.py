@@ -27,12 +27,13 @@ hook) through this small interface, with NumPy arrays on both sides:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from dpx.core.config import NetworkConfig
+from dpx.core.config import ConfigError, NetworkConfig
 
 FieldSpecs = dict[str, tuple[np.dtype, tuple[int, ...]]]
 Normalization = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -68,6 +69,46 @@ def load_backend(config: NetworkConfig) -> type:
     from dpx.plugins import get_plugins
 
     return get_plugins().load("network_backends", config.backend)
+
+
+def check_network(config: NetworkConfig, fields: FieldSpecs | None = None) -> None:
+    """Build the backend's network, loss and optimiser once on the CPU, before any session exists.
+
+    A wrong name or keyword argument becomes a :class:`ConfigError` naming
+    ``network_kwargs``, ``loss_kwargs`` or ``optimizer_kwargs``. Without
+    ``fields`` (shapes unknown until the environments run) only the backend
+    name is checked.
+    """
+    from dpx.plugins import PluginError
+
+    try:
+        backend_class = load_backend(config)
+    except PluginError as exc:
+        raise ConfigError(f"NetworkConfig: backend={config.backend!r}: {exc}") from exc
+    if not fields:
+        return
+    try:
+        backend_class(dataclasses.replace(config, device="cpu"), fields, {})
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, ImportError, AttributeError, PluginError) as exc:
+        raise ConfigError(f"NetworkConfig: {_network_culprit(config, exc)}: {exc}") from exc
+
+
+def _network_culprit(config: NetworkConfig, exc: BaseException) -> str:
+    """The parameter a failed build most likely comes from, found in the error's message."""
+    message = str(exc)
+    for parameter in ("loss_kwargs", "optimizer_kwargs", "network_kwargs"):
+        kwargs = getattr(config, parameter)
+        for key, value in kwargs.items():
+            if f"'{key}'" in message or message.startswith(key):
+                return f"{parameter}.{key}={value!r}"
+    for parameter in ("network_class", "loss", "optimizer", "optimization", "data_transformation"):
+        value = getattr(config, parameter)
+        name = value.__name__ if isinstance(value, type) else value
+        if isinstance(name, str) and name and name in message:
+            return f"{parameter}={value!r}"
+    return "network_kwargs, loss_kwargs or optimizer_kwargs"
 
 
 def checkpoint_path(network_dir: Path, name: str, epoch: int | None = None) -> Path:

@@ -22,9 +22,10 @@ import numpy as np
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, NetworkConfig, as_record
 from dpx.core.database import Database, dataset_path
 from dpx.core.network import find_checkpoint, load_backend
+from dpx.core.preflight import SetUp, check_environment, check_partitions, check_session_location, check_storage
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
-from dpx.core.session import Session
+from dpx.core.session import Session, outcome_of
 
 
 @dataclass
@@ -121,19 +122,40 @@ class Prediction:
         self.step_nb, self.record, self.progress = step_nb, record, progress
         self.session_path: Path | None = None
 
-    def execute(self) -> PredictionSummary:
-        from dpx.plugins import get_plugins
+    def prepare(self) -> SetUp:
+        """Check the environment, load the trained network; nothing is written (see dpx.core.preflight)."""
+        setup = SetUp()
+        check_session_location("Prediction", self.session_dir, self.session_name)
+        check_environment(self.environment_config, setup)
+        trained = Path(self.session_dir) / self.session_name
+        if self.network_config.network_dir is None and not trained.is_dir():
+            raise ConfigError(
+                f"Prediction: session_name={self.session_name!r}: there is no session {trained} to load a network "
+                "from; train one first (python -m dpx train ...), or name a trained session in session_name or "
+                "NetworkConfig(network_dir=...)"
+            )
+        try:
+            setup.network, setup.checkpoint = _load_network(self.network_config, Session(trained))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"NetworkConfig: {exc}; train a network first (python -m dpx train ...)") from None
+        setup.checked.append(f"network {setup.checkpoint}")
+        setup.read("the network", setup.checkpoint)
+        if self.record:
+            check_storage(self.database_config)
+            check_partitions(self.database_config, setup.fields)
+        return setup
 
-        runner_class = get_plugins().load("runners", self.environment_config.runner)
-        self.environment_config.resolve_environment()
+    def execute(self, setup: SetUp | None = None) -> PredictionSummary:
+        """Run the network in the environments; ``setup`` is what :meth:`prepare` returned (prepared here when None)."""
+        setup = setup or self.prepare()
+        runner_class, backend, checkpoint = setup.runner_class, setup.network, setup.checkpoint
         session = Session.start(self.session_dir, self.session_name, self.new_session)
         self.session_path = session.path
-        backend, checkpoint = _load_network(self.network_config, session)
         seed, key = resolve_seed(self.environment_config.seed)
         session.record_run(
             "Prediction",
             {"network": as_record(self.network_config), "environment": as_record(self.environment_config)},
-            seed=seed, checkpoint=str(checkpoint), step_nb=self.step_nb, record=self.record,
+            seed=seed, checkpoint=str(checkpoint), step_nb=self.step_nb, record=self.record, outcome="started",
         )
         inputs, targets = self.network_config.input_fields, self.network_config.target_fields
         target = targets[0]
@@ -141,6 +163,7 @@ class Prediction:
         database = Database(session.dataset_dir, self.database_config) if self.record else None
         error, network_time, environment_time, steps, recorded = ErrorStats(), 0.0, 0.0, 0, 0
         progress = Progress(self.step_nb if self.step_nb > 0 else 0, desc="predict", unit="step", enabled=self.progress)
+        outcome = "completed"
         try:
             runner.start()
             runner.connect(lambda request: _single(backend.predict({k: v[None] for k, v in request.items()})))
@@ -167,12 +190,17 @@ class Prediction:
                 progress.update(1, mse=f"{error.mse:.3g}")
         except KeyboardInterrupt:
             if self.step_nb != -1:
+                outcome = "interrupted"
                 raise
+        except BaseException as exc:
+            outcome = outcome_of(exc)
+            raise
         finally:
             progress.close()
             runner.close()
             if database is not None:
                 database.close()
+            session.finish_run(outcome, steps=steps, samples=recorded)
         return PredictionSummary(session.path, steps, error, network_time, environment_time, recorded)
 
 

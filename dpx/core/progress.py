@@ -29,7 +29,7 @@ class Progress:
         if self.enabled and (enabled or sys.stderr.isatty()):
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True)
 
     def update(self, count: int, **postfix: Any) -> None:
         self.done += count

@@ -43,11 +43,24 @@ from dpx.core.config import (
     NetworkConfig,
     as_record,
 )
-from dpx.core.database import Database, dataset_path
-from dpx.core.network import checkpoint_path, find_checkpoint, load_backend, normalization_from
+from dpx.core.database import Database
+from dpx.core.network import check_network, checkpoint_path, find_checkpoint, load_backend, normalization_from
+from dpx.core.preflight import (
+    SetUp,
+    check_batch_memory,
+    check_environment,
+    check_extension,
+    check_network_fields,
+    check_partitions,
+    check_same_network,
+    check_session_location,
+    check_stats_writers,
+    check_storage,
+    stored_fields,
+)
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
-from dpx.core.session import Session
+from dpx.core.session import Session, existing_dataset, outcome_of
 from dpx.core.stats import Stats
 
 log = logging.getLogger("dpx.training")
@@ -108,6 +121,7 @@ class Training:
         replay_when_starved: bool = True,
         seed: int | None = None,
         progress: bool | None = None,
+        allow_changes: bool = False,
     ) -> None:
         for name, value, minimum in (("epoch_nb", epoch_nb, 1), ("batch_size", batch_size, 1)):
             if not isinstance(value, int) or value < minimum:
@@ -125,47 +139,114 @@ class Training:
         self.replay_when_starved = replay_when_starved
         self.seed = seed
         self.progress = progress
+        self.allow_changes = allow_changes
         self.session_path: Path | None = None
 
     # -- set-up ------------------------------------------------------------------------
 
-    def _open(self) -> tuple[Session, Database]:
+    def prepare(self) -> SetUp:
+        """Check every component and the data to train on; nothing is written (see dpx.core.preflight)."""
+        setup = SetUp()
+        network = self.network_config
+        check_session_location("Training", self.session_dir, self.session_name)
+        check_stats_writers(self.stats_writers)
+        check_storage(self.database_config)
         existing = self.database_config.existing_dir
+        source = existing_dataset(existing) if existing is not None else None
+        # with an environment the run extends the dataset in its session (see Session.for_dataset);
+        # without, it reads the dataset and writes to its own session
+        reopened = Session.reopened(existing if self.environment_config is not None else None, self.session_dir,
+                                    self.session_name, self.new_session)
         if self.environment_config is not None:
+            source_name = self._check_production(setup, source, reopened)
+        else:
+            source_name = self._check_stored_dataset(setup, source or self._own_dataset(reopened))
+        if setup.fields_complete:
+            check_network_fields(setup.fields, network.input_fields, network.target_fields, source_name)
+        check_network(network, setup.fields if setup.fields_complete else None)
+        setup.checked.append(f"network {network.network_class} on backend {network.backend}, loss {network.loss}, "
+                             f"optimizer {network.optimizer}")
+        setup.checkpoint = self._resume_point(reopened)
+        if setup.checkpoint is not None:
+            check_same_network(network, setup.checkpoint, load_backend(network))
+            setup.checked.append(f"starting from {setup.checkpoint}")
+            setup.read("the network", setup.checkpoint)
+        setup.checked.append(f"stats {', '.join(self.stats_writers) or 'none'}")
+        check_batch_memory("Training", self.batch_size, setup.fields)
+        return setup
+
+    def _check_production(self, setup: SetUp, source: Path | None, reopened: Path | None) -> str:
+        """Check the environments and the dataset they extend; returns what the data is, for messages."""
+        environment = self.environment_config
+        check_environment(environment, setup)
+        dataset = source or (reopened / "dataset" if reopened is not None else None)
+        check_extension(setup, environment, self.database_config, dataset, "training", self.allow_changes)
+        check_partitions(self.database_config, setup.fields)
+        return f"the samples of {environment.environment_name}"
+
+    def _check_stored_dataset(self, setup: SetUp, dataset: Path) -> str:
+        """Check the dataset training reads; returns what the data is, for messages."""
+        setup.dataset = dataset
+        setup.fields, count = stored_fields(dataset, self.database_config, "training")
+        setup.fields_complete = True
+        if count == 0:
+            raise ConfigError(
+                f"DatabaseConfig: the dataset {dataset} holds no training samples; generate data first "
+                "(python -m dpx generate ...) or give an [environment] to produce them while training"
+            )
+        setup.checked.append(f"dataset {dataset} ({count} training samples)")
+        setup.read("the dataset", dataset)
+        return f"the dataset {dataset}"
+
+    def _own_dataset(self, reopened: Path | None) -> Path:
+        """The dataset of the session this run resumes, when training without environment nor existing_dir."""
+        if reopened is None:
+            raise ConfigError(
+                "DatabaseConfig: Training without an environment reads a stored dataset: set existing_dir to a "
+                "session made by `python -m dpx generate` (or give an [environment] to produce the samples)"
+            )
+        dataset = reopened / "dataset"
+        if not (dataset / "dataset.json").exists():
+            raise ConfigError(
+                f"Training: session_name={self.session_name!r}: {reopened} holds no dataset to resume training on; "
+                "set DatabaseConfig(existing_dir=...) to a generated session"
+            )
+        return dataset
+
+    def _open(self, setup: SetUp) -> tuple[Session, Database]:
+        if self.environment_config is not None:
+            existing = self.database_config.existing_dir
             session = Session.for_dataset(existing, self.session_dir, self.session_name, self.new_session)
             return session, Database(session.dataset_dir, self.database_config)
-        own = Path(self.session_dir) / self.session_name / "dataset"
-        source = dataset_path(existing) if existing is not None else own
-        if not (source / "dataset.json").exists() or (existing is None and self.new_session):
-            raise FileNotFoundError(
-                f"Training without an environment needs a dataset: {source} has none; "
-                "set DatabaseConfig(existing_dir=...) or give an EnvironmentConfig"
-            )
         session = Session.start(self.session_dir, self.session_name, self.new_session)
-        return session, Database(source, self.database_config, readonly=True)
+        return session, Database(setup.dataset, self.database_config, readonly=True)
 
-    def _resume_point(self, session: Session) -> Path | None:
-        """The checkpoint to start from: the config's network, else this session's last one."""
+    def _resume_point(self, reopened: Path | None) -> Path | None:
+        """The checkpoint to start from: the config's network, else the resumed session's last one."""
         config = self.network_config
         if config.network_dir is not None:
-            return find_checkpoint(config.network_dir, config.network_name, config.which_network)
-        last = checkpoint_path(session.network_dir, config.network_name)
-        return last if not self.new_session and last.exists() else None
+            try:
+                return find_checkpoint(config.network_dir, config.network_name, config.which_network)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"NetworkConfig: {exc}") from None
+        if reopened is None:
+            return None
+        last = checkpoint_path(reopened / "network", config.network_name)
+        return last if last.exists() else None
 
     # -- running -----------------------------------------------------------------------
 
-    def execute(self) -> TrainingSummary:
+    def execute(self, setup: SetUp | None = None) -> TrainingSummary:
+        """Train; ``setup`` is what :meth:`prepare` returned (prepared here when None)."""
+        setup = setup or self.prepare()
         backend_class = load_backend(self.network_config)
-        runner_class = None
-        if self.environment_config is not None:
-            from dpx.plugins import get_plugins
-
-            runner_class = get_plugins().load("runners", self.environment_config.runner)
-            self.environment_config.resolve_environment()
-        session, database = self._open()
+        session, database = self._open(setup)
         self.session_path = session.path
-        checkpoint = self._resume_point(session)
+        checkpoint = setup.checkpoint
         seed, _ = resolve_seed(self.seed)
+        environment_seed = environment_key = None
+        if setup.runner_class is not None:
+            environment_seed, environment_key = resolve_seed(setup.seed if setup.seed is not None else seed)
         session.record_run(
             "Training",
             {
@@ -175,17 +256,27 @@ class Training:
                 "pipeline": {"epoch_nb": self.epoch_nb, "batch_nb": self.batch_nb, "batch_size": self.batch_size},
             },
             seed=seed,
+            environment_seed=environment_seed,
             checkpoint=str(checkpoint) if checkpoint else None,
+            outcome="started",
         )
         run = _Run(self, session, database, seed)
+        outcome = "completed"
         try:
-            if runner_class is not None:
-                env_seed = self.environment_config.seed if self.environment_config.seed is not None else seed
-                run.runner = runner_class(self.environment_config, resolve_seed(env_seed)[1])
+            if setup.runner_class is not None:
+                run.runner = setup.runner_class(self.environment_config, environment_key)
                 run.runner.start()
             return run.train(backend_class, checkpoint)
+        except BaseException as exc:
+            outcome = outcome_of(exc)
+            raise
         finally:
             run.close()
+            steps = run.progress.done - run.progress.initial if run.progress is not None else 0
+            session.finish_run(outcome, steps=steps, samples=run.samples)
+            if outcome == "interrupted":
+                log.warning("dpx: interrupted; the network of the last complete epoch is saved in %s: %s.",
+                            session.network_dir, session.resume_hint("Training"))
 
 
 class _Run:

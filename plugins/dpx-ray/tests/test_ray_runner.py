@@ -106,7 +106,7 @@ def test_ctrl_c_stops_its_own_ray_and_leaves_a_resumable_session(tmp_path):
     job.send_signal(signal.SIGINT)
     _, stderr = job.communicate(timeout=60)
     assert job.returncode != 0 and "KeyboardInterrupt" in stderr
-    assert "Run again with new_session=False to resume" in stderr
+    assert "pipeline.new_session=false" in stderr
     time.sleep(1)
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]
     assert len(started) >= 4 and not alive, f"orphan Ray processes {alive} of {sorted(started)}"

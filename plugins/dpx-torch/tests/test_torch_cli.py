@@ -30,10 +30,13 @@ def test_generate_train_predict_from_the_examples(tmp_path):
 
 
 def test_train_dry_run_and_errors(tmp_path):
-    dry = dpx_cli("train", str(EXAMPLES / "spring_train.toml"), "--dry-run", cwd=tmp_path)
-    assert dry.returncode == 0 and "network fc on backend torch" in dry.stdout
-    missing = dpx_cli("train", str(EXAMPLES / "spring_train.toml"), cwd=tmp_path)
-    assert missing.returncode == 2 and "needs a dataset: sessions/spring has none" in missing.stderr
+    for options in (("--dry-run",), ()):  # the dry run refuses what the run refuses
+        missing = dpx_cli("train", str(EXAMPLES / "spring_train.toml"), *options, cwd=tmp_path)
+        assert missing.returncode == 2 and "[database] existing_dir='sessions/spring': no such folder" in missing.stderr
     assert not (tmp_path / "sessions").exists(), "a failed start must not leave a session behind"
     typo = dpx_cli("train", str(EXAMPLES / "spring_train.toml"), "network.optimiser='sgd'", cwd=tmp_path)
     assert typo.returncode == 2 and "unknown parameter 'optimiser'; did you mean 'optimizer'?" in typo.stderr
+    assert dpx_cli("generate", str(EXAMPLES / "spring_generate.toml"), "pipeline.batch_nb=2", cwd=tmp_path).returncode == 0
+    dry = dpx_cli("train", str(EXAMPLES / "spring_train.toml"), "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and "network fc on backend torch" in dry.stdout
+    assert [p.name for p in (tmp_path / "sessions").iterdir()] == ["spring"], "a dry run writes nothing"

@@ -185,8 +185,9 @@ def dpx_torch_backend():
 def test_training_on_an_empty_dataset(tmp_path):
     with dpx.Database(tmp_path / "empty" / "dataset", dpx.DatabaseConfig()) as db:
         db.prepare("training", {"input": (np.float32, (3,)), "ground_truth": (np.float32, (1,))})
-    with pytest.raises(TrainingError, match="holds no training samples; generate data first"):
+    with pytest.raises(ConfigError, match="holds no training samples; generate data first"):
         train(tmp_path, tmp_path / "empty", FC).execute()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"], "a refused training must not leave a session"
 
 
 class ExplodingLoss(torch.nn.Module):
