@@ -260,7 +260,8 @@ class _Run:
             self.backend.load(checkpoint, training=True)
         if producing and not continuing:
             self._save(first_epoch - 1)  # the resume point of an epoch 0 interrupted before its end
-            self.feed.release()
+            if self.feed is not None:
+                self.feed.release()
         per_epoch = self._batches_per_epoch()
         total = per_epoch * self.p.epoch_nb
         self.progress = Progress(total, desc="train", unit="batch", initial=per_epoch * first_epoch, enabled=self.p.progress)
@@ -362,7 +363,7 @@ class _Run:
                 yield head
                 continue
             while True:
-                batch = self.feed.get(block=False)
+                batch = self.feed.get(block=self.backend is None)  # the first batch is awaited, not counted
                 if batch is not None:
                     break
                 count = self._stored()

@@ -187,3 +187,28 @@ def test_corrupt_checkpoints_are_one_line_errors_naming_the_file(tmp_path, datas
     good.write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"network\.pt is not a readable dpx-torch checkpoint: the file is empty"):
         offline_training(tmp_path, dataset, "net", new_session=False).execute()
+
+
+def always_producing_training(folder, name, **kwargs):
+    environment = dpx.EnvironmentConfig("toy.mean", env_kwargs={"n_points": 5}, seed=0, always_produce=True)
+    network = dpx.NetworkConfig("fc", network_kwargs={"hidden": [8]}, loss=InterruptedLoss)
+    options = {"epoch_nb": 3, "batch_nb": 4, "batch_size": 16, "progress": False, "seed": 0, "replay_when_starved": False}
+    return dpx.Training(network, dpx.DatabaseConfig(normalize=True), environment, session_dir=str(folder),
+                        session_name=name, **{**options, **kwargs})
+
+
+@pytest.mark.parametrize("interrupted_at", [3, 7])  # epoch 0 (before any epoch's checkpoint), epoch 1
+def test_always_producing_training_interrupted_by_ctrl_c_resumes_exactly(tmp_path, interrupted_at):
+    straight = always_producing_training(tmp_path, "straight").execute()
+    InterruptedLoss.at = interrupted_at
+    with pytest.raises(KeyboardInterrupt):
+        always_producing_training(tmp_path, "resumed").execute()
+    resumed = always_producing_training(tmp_path, "resumed", new_session=False).execute()
+    with dpx.open_database(straight.session_path) as a, dpx.open_database(resumed.session_path) as b:
+        assert a.count() == b.count() == 3 * 4 * 16
+        np.testing.assert_array_equal(a.read()["input"], b.read()["input"])
+    weights = [torch.load(s.session_path / "network" / "network.pt", weights_only=True)["state_dict"]
+               for s in (straight, resumed)]
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    assert read_csv_curves(resumed.session_path / "stats") == read_csv_curves(straight.session_path / "stats")
