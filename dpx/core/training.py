@@ -60,6 +60,7 @@ from dpx.core.config import (
 )
 from dpx.core.database import Database, dataset_path
 from dpx.core.network import (
+    CheckpointError,
     checkpoint_path,
     find_checkpoint,
     load_backend,
@@ -243,10 +244,13 @@ class _Run:
             self.config = with_saved_kwargs(self.config, extra)
             continuing = self.session.path.resolve() in checkpoint.resolve().parents
             if continuing:  # this session's own checkpoint: exact continuation
-                first_epoch = _epoch_of(extra) + 1
-                self.step = int(extra.get("step", 0))
-                self.rng.bit_generator.state = extra["shuffle_rng"]
-                self.next_sample = int(extra.get("next_sample", self.next_sample))
+                try:
+                    first_epoch = _epoch_of(extra) + 1
+                    self.step = int(extra.get("step", 0))
+                    self.rng.bit_generator.state = extra["shuffle_rng"]
+                    self.next_sample = int(extra.get("next_sample", self.next_sample))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise CheckpointError(f"{checkpoint}: the checkpoint's training state is unreadable ({exc!r})") from None
         self.stats = Stats(self.session.stats_dir, self.p.stats_writers, self.p.histograms)
         self.stats.resume(self.step, first_epoch - 1, extra.get("stats") if continuing else None)
         moments = self.database.normalization  # before this run stores anything
@@ -254,7 +258,7 @@ class _Run:
         batches = self._epoch_batches(first_epoch, hold=not continuing)
         first_batch = next(batches) if producing else None
         self.specs = self._field_specs(first_batch)
-        self.normalization = self._normalization(extra, moments, first_batch)
+        self.normalization = self._normalization(checkpoint, extra, moments, first_batch)
         self.backend = backend_class(self.config, self.specs, self.normalization, seed=self.seed)
         if checkpoint is not None:
             self.backend.load(checkpoint, training=True)
@@ -269,10 +273,10 @@ class _Run:
         start = time.perf_counter()
         for epoch in range(first_epoch, self.p.epoch_nb):
             losses = []
-            if epoch == first_epoch and first_batch is not None:
-                losses.append(self._train_batch(epoch, first_batch))
-            else:
+            if epoch > first_epoch:
                 batches = self._epoch_batches(epoch)
+            elif first_batch is not None:
+                losses.append(self._train_batch(epoch, first_batch))
             for batch in batches:
                 losses.append(self._train_batch(epoch, batch))
             epoch_loss = float(np.mean(losses)) if losses else math.nan
@@ -307,9 +311,9 @@ class _Run:
             )
         return specs
 
-    def _normalization(self, extra: dict | None, moments: dict, first_batch: dict | None):
+    def _normalization(self, checkpoint: Path | None, extra: dict | None, moments: dict, first_batch: dict | None):
         if extra and extra.get("normalization") is not None:
-            return saved_normalization(extra, self.session.path)
+            return saved_normalization(extra, checkpoint)
         if not self.p.database_config.normalize:
             return {}
         if not moments and first_batch is not None:
