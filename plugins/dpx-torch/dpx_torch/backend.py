@@ -38,7 +38,15 @@ def resolve_network_class(network_class: str | type) -> type:
             f"NetworkConfig: unknown network_class {network_class!r}; architectures are "
             f"{', '.join(ARCHITECTURES)}, or give a class or 'package.module:Class'"
         )
-    return Component(path).load()
+    return _load(Component(path), "network_class")
+
+
+def _load(component: Any, parameter: str) -> type:
+    """Import the class a user named by path: a typo is their mistake, reported against ``parameter``."""
+    try:
+        return component.load()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"NetworkConfig: {parameter}={component.path!r} cannot be imported: {exc}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -68,7 +76,7 @@ def _resolve_class(choice: str | type | None, default: type, parameter: str, reg
     from dpx.plugins import Component, get_plugins
 
     if ":" in choice:
-        return Component(choice).load()
+        return _load(Component(choice), parameter)
     if registry is not None:
         return get_plugins().load(registry, choice)
     raise ConfigError(f"NetworkConfig: {parameter}={choice!r} must be a class or 'package.module:Class'")
@@ -252,6 +260,8 @@ class TorchBackend:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         except CheckpointError:
             raise
+        except OSError as exc:
+            raise CheckpointError(f"{what}: {exc.strerror or _first_line(exc)}") from exc
         except pickle.UnpicklingError as exc:
             reason = "it holds objects other than tensors and plain values, which a safe load refuses"
             if "Weights only load failed" not in str(exc):

@@ -78,6 +78,9 @@ FIELDS = {"input": (np.dtype(np.float32), (5, 3)), "ground_truth": (np.dtype(np.
         ({"network_kwargs": {"dim_layers": [90, 3]}}, FIELDS,
          r"network_kwargs=.* rejected by network fc: fc: dim_layers starts with 90 inputs"),
         ({"input_fields": ["points"]}, FIELDS, r"field\(s\) \['points'\] that the data does not have"),
+        ({"network_class": "mypackage.nets:Net"}, None, r"network_class='mypackage.nets:Net' cannot be imported: No module"),
+        ({"optimization": "dpx_torch.optimization:Optimisation"}, None,
+         r"optimization='dpx_torch.optimization:Optimisation' cannot be imported: .*has no attribute 'Optimisation'"),
     ],
 )
 def test_check_network_names_the_parameter_and_key_and_writes_nothing(tmp_path, monkeypatch, kwargs, fields, message):
@@ -86,7 +89,7 @@ def test_check_network_names_the_parameter_and_key_and_writes_nothing(tmp_path, 
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=message):
-        check_network(NetworkConfig("fc", **kwargs), fields)
+        check_network(NetworkConfig(**{"network_class": "fc", **kwargs}), fields)
     assert list(tmp_path.iterdir()) == []
 
 
