@@ -124,8 +124,9 @@ def _load_network(network_config: NetworkConfig, path: Path):
     """
     backend_class = load_backend(network_config)
     extra = backend_class.read_extra(path)
-    if int(extra.get("epoch", 0)) < 0:
-        log.warning("dpx: %s was saved before its training finished an epoch: it predicts with untrained weights", path)
+    epoch = extra.get("epoch")
+    if isinstance(epoch, int) and epoch < 0:
+        log.warning("dpx: %s was saved before its training finished a first epoch", path)
     specs = saved_fields(extra, path)
     config = dataclasses.replace(with_saved_kwargs(network_config, extra), require_training_stuff=False)
     backend = backend_class(config, specs, saved_normalization(extra, path))
