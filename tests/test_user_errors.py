@@ -173,9 +173,9 @@ def test_session_record_is_json(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (("network.loss_kwargs.foo=1",), "[network] loss_kwargs.foo=1: "),
-        (("network.optimizer_kwargs.bta=0.9",), "[network] optimizer_kwargs.bta=0.9: "),
-        (("network.network_kwargs.hiden=[8]",), "[network] fc with network_kwargs="),
+        (("network.loss_kwargs.foo=1",), "[network] loss_kwargs has unknown key 'foo' for loss 'mse'"),
+        (("network.optimizer_kwargs.bta=0.9",), "[network] optimizer_kwargs has unknown key 'bta' for optimizer 'adam' (did you mean 'betas'?)"),
+        (("network.network_kwargs.hiden=[8]",), "[network] network_kwargs has unknown key 'hiden'"),
         (("network.loss='msee'",), "[network] unknown loss 'msee' (did you mean 'mse'?)"),
         (("network.optimizer='adamm'",), "[network] unknown optimizer 'adamm' (did you mean 'adam'?)"),
         (("network.network_class='fcc'",), "[network] unknown network_class 'fcc'"),
@@ -201,8 +201,7 @@ def test_training_mistakes(capsys, tmp_path, args, expected, dry_run):
 @pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
 def test_predict_on_a_session_that_does_not_exist(capsys, tmp_path, dry_run):
     refused(capsys, tmp_path, "predict", PREDICT, *(["--dry-run"] if dry_run else []),
-            expected="[pipeline] session_name='spring_fc': there is no session sessions/spring_fc to load a network "
-                     "from; train one first")
+            expected="no trained network to load: session='sessions/spring_fc': no such folder; train first")
 
 
 def test_interrupted_training_says_how_to_resume(capsys, tmp_path, caplog):

@@ -23,11 +23,22 @@ hook) through this small interface, with NumPy arrays on both sides:
     arbitrary code. The classmethod ``read_extra(path)`` returns ``extra``
     without building a network.
 ``learning_rate``, ``nb_parameters``, ``parameter_histograms()``
+``check(config, fields=None)`` (classmethod, optional)
+    Build every training component of ``config`` (network with
+    ``network_kwargs`` when ``fields`` are known, loss with ``loss_kwargs``,
+    optimiser with ``optimizer_kwargs``) and raise :class:`ConfigError` naming
+    the parameter and key at fault; writes nothing. See :func:`check_network`.
+
+A checkpoint is untrusted input: a file that cannot be read raises
+:class:`CheckpointError` (a one-line message naming the file), never an
+arbitrary exception.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,50 +76,103 @@ class NetworkBackend(Protocol):
     def parameter_histograms(self) -> dict[str, np.ndarray]: ...
 
 
+class CheckpointError(ValueError):
+    """A saved network cannot be read: empty, truncated, not a checkpoint, or holding forbidden content."""
+
+
+class NoNetworkError(FileNotFoundError):
+    """No trained network where a pipeline looks for one."""
+
+
 def load_backend(config: NetworkConfig) -> type:
     from dpx.plugins import get_plugins
 
     return get_plugins().load("network_backends", config.backend)
 
 
-def check_network(config: NetworkConfig, fields: FieldSpecs | None = None) -> None:
-    """Build the backend's network, loss and optimiser once on the CPU, before any session exists.
+def check_network(config: NetworkConfig, fields: FieldSpecs | None = None) -> type:
+    """Resolve the backend of ``config`` and build every component it trains with; return the backend class.
 
-    A wrong name or keyword argument becomes a :class:`ConfigError` naming
-    ``network_kwargs``, ``loss_kwargs`` or ``optimizer_kwargs``. Without
-    ``fields`` (shapes unknown until the environments run) only the backend
-    name is checked.
+    The backend's optional ``check`` classmethod builds the loss with
+    ``loss_kwargs``, the optimiser with ``optimizer_kwargs`` and, when
+    ``fields`` (``{name: (dtype, shape)}``) are known, the network with
+    ``network_kwargs`` and a probe of its shapes. A typo is a
+    :class:`ConfigError` naming the parameter and the key; nothing is written,
+    so callers run it before creating a session folder. The pipelines build
+    the backend again with the data's normalisation and seed: building is
+    cheap next to training, and an instance built here holds neither.
     """
-    from dpx.plugins import PluginError
+    backend_class = load_backend(config)
+    check = getattr(backend_class, "check", None)
+    if check is not None:
+        check(config, fields)
+    return backend_class
 
-    try:
-        backend_class = load_backend(config)
-    except PluginError as exc:
-        raise ConfigError(f"NetworkConfig: backend={config.backend!r}: {exc}") from exc
-    if not fields:
+
+def check_kwargs(
+    cls: Any, kwargs: dict[str, Any], parameter: str, what: str, exclude: tuple[str, ...] = (), positional: int = 0
+) -> None:
+    """Refuse a key of the user's ``parameter`` that ``cls`` does not take, naming the closest valid one.
+
+    dpx passes the first ``positional`` arguments and the keywords ``exclude``
+    itself (e.g. the parameters, the shapes). Classes taking ``**kwargs``
+    accept every key.
+    """
+    accepted = _keyword_names(cls, set(exclude), positional)
+    if accepted is None:
         return
+    for key in kwargs:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            valid = ", ".join(sorted(accepted)) or "none"
+            raise ConfigError(f"NetworkConfig: {parameter} has unknown key {key!r} for {what}{hint}; valid keys: {valid}")
+
+
+def build_with_kwargs(cls: Any, kwargs: dict[str, Any], parameter: str, what: str, *args: Any, **fixed: Any) -> Any:
+    """``cls(*args, **fixed, **kwargs)``, where ``kwargs`` come from the user's ``parameter``.
+
+    Unknown keys are refused first (:func:`check_kwargs`); a ``TypeError`` or
+    ``ValueError`` of the constructor is reported against ``parameter`` too:
+    the user reads which setting to fix, not a traceback.
+    """
+    check_kwargs(cls, kwargs, parameter, what, tuple(fixed), len(args))
     try:
-        backend_class(dataclasses.replace(config, device="cpu"), fields, {})
-    except ConfigError:
-        raise
-    except (TypeError, ValueError, ImportError, AttributeError, PluginError) as exc:
-        raise ConfigError(f"NetworkConfig: {_network_culprit(config, exc)}: {exc}") from exc
+        return cls(*args, **fixed, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"NetworkConfig: {parameter}={dict(kwargs)!r} rejected by {what}: {exc}") from exc
 
 
-def _network_culprit(config: NetworkConfig, exc: BaseException) -> str:
-    """The parameter a failed build most likely comes from, found in the error's message."""
-    message = str(exc)
-    for parameter in ("loss_kwargs", "optimizer_kwargs", "network_kwargs"):
-        kwargs = getattr(config, parameter)
-        for key, value in kwargs.items():
-            if f"'{key}'" in message or message.startswith(key):
-                return f"{parameter}.{key}={value!r}"
-    for parameter in ("network_class", "loss", "optimizer", "optimization", "data_transformation"):
-        value = getattr(config, parameter)
-        name = value.__name__ if isinstance(value, type) else value
-        if isinstance(name, str) and name and name in message:
-            return f"{parameter}={value!r}"
-    return "network_kwargs, loss_kwargs or optimizer_kwargs"
+def _keyword_names(cls: Any, exclude: set[str], positional: int) -> list[str] | None:
+    """The keywords ``cls`` accepts past its first ``positional`` arguments, or None when it takes
+    ``**kwargs`` or hides its signature."""
+    try:
+        parameters = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return None
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters[positional:] if p.kind in keywords and p.name not in exclude]
+
+
+def find_trained_network(config: NetworkConfig, session_path: str | Path) -> Path:
+    """The checkpoint a Prediction of ``session_path`` loads: ``config.network_dir``'s, else the session's own.
+
+    Creates nothing; a missing network raises :class:`NoNetworkError` saying
+    where it looked and to train first.
+    """
+    own = config.network_dir is None
+    location = Path(session_path) if own else Path(config.network_dir)
+    try:
+        return find_checkpoint(location, config.network_name, config.which_network, "session" if own else "network_dir")
+    except FileNotFoundError as exc:
+        raise NoNetworkError(
+            f"no trained network to load: {exc}; train first (dpx train), "
+            "or set network_dir to a session that holds one"
+        ) from None
 
 
 def checkpoint_path(network_dir: Path, name: str, epoch: int | None = None) -> Path:
@@ -116,13 +180,13 @@ def checkpoint_path(network_dir: Path, name: str, epoch: int | None = None) -> P
     return network_dir / (f"{name}.pt" if epoch is None else f"{name}_{epoch:03d}.pt")
 
 
-def find_checkpoint(location: str | Path, name: str, which: int = -1) -> Path:
-    """The saved network ``which`` (-1: the last) of a session or network folder."""
+def find_checkpoint(location: str | Path, name: str, which: int = -1, label: str = "network_dir") -> Path:
+    """The saved network ``which`` (-1: the last) of a session or network folder (``label`` names it in errors)."""
     folder = Path(location)
     if (folder / "network").is_dir():
         folder = folder / "network"
     if not folder.is_dir():
-        raise FileNotFoundError(f"network_dir={str(location)!r}: no such folder")
+        raise FileNotFoundError(f"{label}={str(location)!r}: no such folder")
     if which == -1:
         path = checkpoint_path(folder, name)
         if path.exists():
@@ -134,7 +198,7 @@ def find_checkpoint(location: str | Path, name: str, which: int = -1) -> Path:
     saved = sorted(p.name for p in folder.glob("*.pt"))
     wanted = "the last network" if which == -1 else f"epoch {which}"
     raise FileNotFoundError(
-        f"network_dir={str(location)!r}: {wanted} named {name!r} is not saved there; saved: {saved or 'nothing'}"
+        f"{label}={str(location)!r}: {wanted} named {name!r} is not saved there; saved: {saved or 'nothing'}"
     )
 
 
@@ -146,3 +210,38 @@ def normalization_from(moments: dict[str, Any], fields: list[str]) -> Normalizat
             std = np.where(moments[name].std > 0, moments[name].std, 1.0)
             result[name] = (moments[name].mean.astype(np.float64), std.astype(np.float64))
     return result
+
+
+def saved_fields(extra: dict[str, Any], path: Path) -> FieldSpecs:
+    """The fields a checkpoint's network was trained on, checked: a checkpoint is untrusted input."""
+    try:
+        specs = {str(name): (np.dtype(f["dtype"]), tuple(int(n) for n in f["shape"])) for name, f in extra["fields"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's field description is unreadable ({exc!r})") from None
+    for name, (dtype, shape) in specs.items():
+        if dtype.kind not in "biuf" or any(n < 0 for n in shape):
+            raise CheckpointError(f"{path}: the checkpoint describes field {name!r} as {dtype} {shape}")
+    return specs
+
+
+def saved_normalization(extra: dict[str, Any], path: Path) -> Normalization:
+    """The ``(mean, std)`` per field a checkpoint's network was trained with."""
+    try:
+        return {
+            str(name): (np.asarray(v["mean"], np.float64), np.asarray(v["std"], np.float64))
+            for name, v in (extra.get("normalization") or {}).items()
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's normalisation is unreadable ({exc!r})") from None
+
+
+def with_saved_kwargs(config: NetworkConfig, extra: dict[str, Any]) -> NetworkConfig:
+    """``config`` with the checkpoint's ``network_kwargs`` when it gives none.
+
+    A saved network knows how it was built; a config that loads it (to
+    predict, or to train further from ``network_dir``) need not repeat it.
+    """
+    saved = (extra.get("network_config") or {}).get("network_kwargs")
+    if config.network_kwargs or not isinstance(saved, dict) or not saved:
+        return config
+    return dataclasses.replace(config, network_kwargs=dict(saved))

@@ -7,25 +7,58 @@ When the environments set the ground truth, the summary reports the
 network's error against the simulator. ``record=True`` stores inputs,
 ground truths and predictions in the session's ``prediction`` mode, and
 :func:`replay` runs the network again on stored samples.
+
+Recording is idempotent, as generation is: step ``k`` of environment ``i``
+is sample ``k * workers + i`` of the ``prediction`` mode, and a run records
+only the samples the mode does not hold yet. Running the same prediction
+again therefore adds nothing, and a longer one adds only the later steps
+(the simulation still runs through the recorded steps, to reach them). The
+session keeps what a recording depends on (the network file's SHA-256, the
+seed, the environment and its parameters); a run that would record other
+samples after them (a retrained network, another seed or environment) is
+refused before it starts: record it in another session. Without a seed, a
+run reuses the seed of the recording it continues.
+
+The network comes from ``network_dir`` when given, else from the session
+itself; ``network_kwargs`` default to the ones saved with it. The
+environment's fields are checked against the shapes the network was trained
+on before the first step, and a run refused there is not recorded in the
+session.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
+import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, NetworkConfig, as_record
 from dpx.core.database import Database, dataset_path
-from dpx.core.network import find_checkpoint, load_backend
+from dpx.core.network import (
+    FieldSpecs,
+    NoNetworkError,
+    find_trained_network,
+    load_backend,
+    saved_fields,
+    saved_normalization,
+    with_saved_kwargs,
+)
 from dpx.core.preflight import SetUp, check_environment, check_partitions, check_session_location, check_storage
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
 from dpx.core.session import Session, outcome_of
+
+log = logging.getLogger("dpx.prediction")
 
 
 @dataclass
@@ -85,22 +118,41 @@ class PredictionSummary:
         return f"{text}\nsession: {self.session_path}"
 
 
-def _load_network(network_config: NetworkConfig, session: Session):
-    """Build the backend and load the saved network (the config's network_dir, else the session's)."""
-    location = network_config.network_dir if network_config.network_dir is not None else session.path
-    path = find_checkpoint(location, network_config.network_name, network_config.which_network)
+def _load_network(network_config: NetworkConfig, path: Path):
+    """Build the backend of the checkpoint ``path`` (its ``network_kwargs`` unless the config gives some) and load it.
+
+    Returns the backend and the fields the network was trained on.
+    """
     backend_class = load_backend(network_config)
     extra = backend_class.read_extra(path)
-    specs = {name: (np.dtype(f["dtype"]), tuple(f["shape"])) for name, f in extra["fields"].items()}
-    normalization = {n: (np.asarray(v["mean"]), np.asarray(v["std"])) for n, v in extra["normalization"].items()}
-    config = NetworkConfig(**{**vars(network_config), "require_training_stuff": False})
-    backend = backend_class(config, specs, normalization)
+    epoch = extra.get("epoch")
+    if isinstance(epoch, int) and epoch < 0:
+        log.warning("dpx: %s was saved before its training finished a first epoch", path)
+    specs = saved_fields(extra, path)
+    config = dataclasses.replace(with_saved_kwargs(network_config, extra), require_training_stuff=False)
+    backend = backend_class(config, specs, saved_normalization(extra, path))
     backend.load(path, training=False)
-    return backend, path
+    return backend, specs
+
+
+#: The environment settings a recording's samples depend on.
+RECORDING_SETTINGS = ("environment_class", "env_kwargs", "workers", "simulations_per_step", "max_wrong_samples_per_step", "non_finite")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Prediction:
-    """Run the network of a session inside its environment for ``step_nb`` steps (-1: until Ctrl-C)."""
+    """Run the network of a session inside its environment for ``step_nb`` steps (-1: until Ctrl-C).
+
+    ``record=True`` stores every step's samples in the session's
+    ``prediction`` mode, once: see the module's notes on recording.
+    """
 
     def __init__(
         self,
@@ -122,22 +174,22 @@ class Prediction:
         self.step_nb, self.record, self.progress = step_nb, record, progress
         self.session_path: Path | None = None
 
+    def network_checkpoint(self) -> Path:
+        """The checkpoint this prediction loads; creates nothing, raises :class:`NoNetworkError` when there is none."""
+        if self.new_session and self.network_config.network_dir is None:
+            raise NoNetworkError(
+                "Prediction: new_session=True starts an empty session, which holds no network; "
+                "set network_dir to the session of the trained network, or predict in it (new_session=False)"
+            )
+        return find_trained_network(self.network_config, Path(self.session_dir) / self.session_name)
+
     def prepare(self) -> SetUp:
         """Check the environment, load the trained network; nothing is written (see dpx.core.preflight)."""
         setup = SetUp()
         check_session_location("Prediction", self.session_dir, self.session_name)
         check_environment(self.environment_config, setup)
-        trained = Path(self.session_dir) / self.session_name
-        if self.network_config.network_dir is None and not trained.is_dir():
-            raise ConfigError(
-                f"Prediction: session_name={self.session_name!r}: there is no session {trained} to load a network "
-                "from; train one first (python -m dpx train ...), or name a trained session in session_name or "
-                "NetworkConfig(network_dir=...)"
-            )
-        try:
-            setup.network, setup.checkpoint = _load_network(self.network_config, Session(trained))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"NetworkConfig: {exc}; train a network first (python -m dpx train ...)") from None
+        setup.checkpoint = self.network_checkpoint()
+        setup.network = _load_network(self.network_config, setup.checkpoint)
         setup.checked.append(f"network {setup.checkpoint}")
         setup.read("the network", setup.checkpoint)
         if self.record:
@@ -148,60 +200,162 @@ class Prediction:
     def execute(self, setup: SetUp | None = None) -> PredictionSummary:
         """Run the network in the environments; ``setup`` is what :meth:`prepare` returned (prepared here when None)."""
         setup = setup or self.prepare()
-        runner_class, backend, checkpoint = setup.runner_class, setup.network, setup.checkpoint
+        backend, specs = setup.network
         session = Session.start(self.session_dir, self.session_name, self.new_session)
         self.session_path = session.path
-        seed, key = resolve_seed(self.environment_config.seed)
-        session.record_run(
-            "Prediction",
-            {"network": as_record(self.network_config), "environment": as_record(self.environment_config)},
-            seed=seed, checkpoint=str(checkpoint), step_nb=self.step_nb, record=self.record, outcome="started",
-        )
-        inputs, targets = self.network_config.input_fields, self.network_config.target_fields
-        target = targets[0]
-        runner = runner_class(self.environment_config, key, optional_fields=frozenset(targets))
-        database = Database(session.dataset_dir, self.database_config) if self.record else None
-        error, network_time, environment_time, steps, recorded = ErrorStats(), 0.0, 0.0, 0, 0
-        progress = Progress(self.step_nb if self.step_nb > 0 else 0, desc="predict", unit="step", enabled=self.progress)
-        outcome = "completed"
+        run = _Steps(self, session, backend, specs, setup.checkpoint)
         try:
-            runner.start()
-            runner.connect(lambda request: _single(backend.predict({k: v[None] for k, v in request.items()})))
-            stream = MODE_STREAMS["prediction"]
-            instances = runner.instance_nb  # each step, every environment makes one sample
-            for step in itertools.count() if self.step_nb == -1 else range(self.step_nb):
+            return run.predict(setup.runner_class)
+        finally:
+            run.close()
+
+
+class _Steps:
+    """One execution of a Prediction: the checks before the first step, the steps, the recording."""
+
+    def __init__(self, pipeline: Prediction, session: Session, backend: Any, specs: FieldSpecs, checkpoint: Path):
+        self.p, self.session, self.backend, self.specs, self.checkpoint = pipeline, session, backend, specs, checkpoint
+        self.inputs, self.targets = pipeline.network_config.input_fields, pipeline.network_config.target_fields
+        self.runner: Any = None
+        self.database: Database | None = None
+        self.progress: Progress | None = None
+        self.recording: dict[str, Any] | None = None
+        self.recorded_before = 0
+
+    def predict(self, runner_class: type) -> PredictionSummary:
+        seed = self._open_recording()
+        _, key = resolve_seed(seed)
+        environment = self.p.environment_config
+        self.runner = runner_class(environment, key, optional_fields=frozenset(self.targets))
+        backend, target = self.backend, self.targets[0]
+        self._check_shapes({name: f.shape for name, f in (self.runner.start() or {}).items()})
+        self.runner.connect(lambda request: _single(backend.predict({k: v[None] for k, v in request.items()})))
+        instances = self.runner.instance_nb  # each step, every environment makes one sample
+        stream = MODE_STREAMS["prediction"]
+        error, network_time, environment_time, steps, recorded = ErrorStats(), 0.0, 0.0, 0, 0
+        step_nb = self.p.step_nb
+        outcome, run_recorded = "completed", False
+        try:
+            for step in itertools.count() if step_nb == -1 else range(step_nb):
                 started = time.perf_counter()
-                batch = runner.produce(np.arange(step * instances, (step + 1) * instances), stream, pinned=True)
+                batch = self.runner.produce(np.arange(step * instances, (step + 1) * instances), stream, pinned=True)
                 environment_time += time.perf_counter() - started
+                if step == 0:
+                    self._check_shapes({name: array.shape[1:] for name, array in batch.items()})
+                    self.session.record_run(
+                        "Prediction",
+                        {"network": as_record(self.p.network_config), "environment": as_record(environment)},
+                        seed=seed, checkpoint=str(self.checkpoint), step_nb=step_nb, record=self.p.record,
+                        **({"recording": self.recording} if self.recording else {}), outcome="started",
+                    )
+                    run_recorded = True
+                    self.progress = Progress(max(step_nb, 0), desc="predict", unit="step", enabled=self.p.progress)
                 started = time.perf_counter()
-                prediction = backend.predict({name: batch[name] for name in inputs})[target]
+                prediction = backend.predict({name: batch[name] for name in self.inputs})[target]
                 network_time += time.perf_counter() - started
                 error.add(prediction, batch[target])
-                if database is not None:
-                    record = {**{name: batch[name] for name in inputs}, target: batch[target], "prediction": prediction}
-                    if step == 0:
-                        database.prepare("prediction", {n: (a.dtype, a.shape[1:]) for n, a in record.items()})
-                    database.append("prediction", record)
-                    recorded += instances
+                if self.database is not None:
+                    recorded += self._record(step * instances, batch, prediction, target)
                 started = time.perf_counter()
-                runner.apply(prediction)
+                self.runner.apply(prediction)
                 environment_time += time.perf_counter() - started
                 steps += 1
-                progress.update(1, mse=f"{error.mse:.3g}")
+                self.progress.update(1, mse=f"{error.mse:.3g}")
         except KeyboardInterrupt:
-            if self.step_nb != -1:
+            if step_nb != -1:
                 outcome = "interrupted"
                 raise
         except BaseException as exc:
             outcome = outcome_of(exc)
             raise
         finally:
-            progress.close()
-            runner.close()
-            if database is not None:
-                database.close()
-            session.finish_run(outcome, steps=steps, samples=recorded)
-        return PredictionSummary(session.path, steps, error, network_time, environment_time, recorded)
+            if run_recorded:  # a run refused before its first step is not recorded at all
+                self.session.finish_run(outcome, steps=steps, samples=recorded)
+        return PredictionSummary(self.session.path, steps, error, network_time, environment_time, recorded)
+
+    def _open_recording(self) -> int:
+        """Open the recording (when asked) and return the run's root seed.
+
+        A run continuing a recording must make the samples already recorded:
+        its settings are checked against the recording's, and without a seed
+        it takes the recording's.
+        """
+        environment = self.p.environment_config
+        if not self.p.record:
+            return resolve_seed(environment.seed)[0]
+        self.database = Database(self.session.dataset_dir, self.p.database_config)
+        self.recorded_before = self.database.count("prediction") if "prediction" in self.database.modes else 0
+        previous = None
+        if self.recorded_before:
+            runs = [run for run in self.session.read_record().get("runs", []) if run.get("recording")]
+            previous = runs[-1]["recording"] if runs else None
+        seed = environment.seed if environment.seed is not None else (previous or {}).get("seed")
+        self.recording = {
+            "network_sha256": _sha256(self.checkpoint),
+            "seed": resolve_seed(seed)[0],
+            "environment": _as_json({name: as_record(environment)[name] for name in RECORDING_SETTINGS}),
+        }
+        if self.recorded_before and previous != self.recording:
+            what = "its settings are unknown" if previous is None else "they were made " + ", ".join(
+                _difference(name, previous.get(name), value) for name, value in self.recording.items()
+                if previous.get(name) != value
+            )
+            raise ConfigError(
+                f"Prediction: record=True: {self.session.path} already records {self.recorded_before} prediction samples "
+                f"and {what}; recording this run after them would mix two runs. Record it in another session "
+                "(session_name=..., network_dir= the trained session) or run without record"
+            )
+        return self.recording["seed"]
+
+    def _record(self, first_id: int, batch: Mapping[str, np.ndarray], prediction: np.ndarray, target: str) -> int:
+        """Append the step's samples the recording does not hold yet; return how many."""
+        skip = max(0, self.recorded_before - first_id)
+        if skip >= len(prediction):
+            return 0
+        record = {**{name: batch[name][skip:] for name in self.inputs}, target: batch[target][skip:], "prediction": prediction[skip:]}
+        self.database.prepare("prediction", {n: (a.dtype, a.shape[1:]) for n, a in record.items()})
+        self.database.append("prediction", record)
+        return len(prediction) - skip
+
+    def _check_shapes(self, shapes: Mapping[str, tuple[int, ...] | None]) -> None:
+        """The environment's fields against those the network was trained on, both shapes named."""
+        environment = self.p.environment_config.environment_name
+        for name in self.inputs + self.targets:
+            if name not in shapes:
+                if name in self.targets:
+                    continue  # the ground truth is optional when predicting
+                raise ConfigError(
+                    f"the network {self.checkpoint} takes field {name!r}, which environment {environment} does not "
+                    f"make (its fields: {sorted(shapes)})"
+                )
+            expected, shape = tuple(self.specs[name][1]), shapes[name]
+            if shape is not None and tuple(shape) != expected:
+                raise ConfigError(
+                    f"the network {self.checkpoint} was trained on {name!r} samples of shape {expected}, but environment "
+                    f"{environment} makes them of shape {tuple(shape)}: give the environment the parameters of "
+                    "the training (env_kwargs), or train a network for these shapes"
+                )
+
+    def close(self) -> None:
+        try:
+            if self.progress is not None:
+                self.progress.close()
+            if self.runner is not None:
+                self.runner.close()
+        finally:
+            if self.database is not None:
+                self.database.close()
+
+
+def _difference(name: str, before: Any, now: Any) -> str:
+    if name == "network_sha256":
+        return "by another network file"
+    return f"with {name} {before!r} (now {now!r})"
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as it reads back from session.json (tuples become lists), so records compare equal."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _single(prediction: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -216,8 +370,7 @@ def replay(session: str | Path, network_config: NetworkConfig, mode: str = "pred
     Returns the predictions and the error against the stored ground truth:
     for comparing networks on recorded trajectories without a simulator.
     """
-    session_obj = Session(Path(session))
-    backend, _ = _load_network(network_config, session_obj)
+    backend, _ = _load_network(network_config, find_trained_network(network_config, session))
     with Database(dataset_path(session), DatabaseConfig(), readonly=True) as database:
         inputs, target = network_config.input_fields, network_config.target_fields[0]
         error, outputs = ErrorStats(), []

@@ -8,12 +8,17 @@ them to each configured writer. The core's ``csv`` writer needs no dependency;
 
 A writer is a class built as ``cls(stats_dir)`` with ``scalar(tag, value,
 step)``, ``histogram(tag, values, step)`` (may ignore it) and ``close()``.
+A writer that keeps earlier runs' values also has ``drop_after(step,
+epoch)``: a resumed training calls it before writing, so the values written
+after the checkpoint it resumes from (batch values past ``step``, epoch
+values past ``epoch``) do not appear twice.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +27,8 @@ from typing import Any
 import numpy as np
 
 WINDOW = 50
+#: Tags whose step is an epoch number; every other tag counts optimisation steps.
+EPOCH_TAGS = frozenset({"loss/epoch", "loss/validation"})
 
 
 class CsvStatsWriter:
@@ -39,6 +46,20 @@ class CsvStatsWriter:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._writer.writerow([tag, step, repr(float(value))])
 
+    def drop_after(self, step: int, epoch: int) -> None:
+        """Keep the rows up to ``step`` (``epoch`` for epoch values); a row a killed run cut short goes too."""
+        self._file.close()
+        with open(self.path, newline="") as file:
+            rows = list(csv.reader(file))
+        kept = [row for row in rows[1:] if _keep(row, step, epoch)]
+        if len(kept) < len(rows) - 1:
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as file:
+                csv.writer(file).writerows([["tag", "step", "value"], *kept])
+            os.replace(tmp, self.path)
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+
     def histogram(self, tag: str, values: np.ndarray, step: int) -> None:
         """A CSV holds no histograms; see the tensorboard writer."""
 
@@ -47,6 +68,15 @@ class CsvStatsWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _keep(row: list[str], step: int, epoch: int) -> bool:
+    try:
+        tag, at, value = row
+        float(value)
+        return int(at) <= (epoch if tag in EPOCH_TAGS else step)
+    except ValueError:
+        return False
 
 
 def read_csv_curves(stats_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -69,6 +99,21 @@ class Stats:
         self.histograms = histograms
         self._window: deque[float] = deque()
         self._sum = self._squares = 0.0
+
+    def state(self) -> dict[str, Any]:
+        """The sliding window, for a checkpoint: a resumed run then reports the same window values."""
+        return {"window": list(self._window), "sum": self._sum, "squares": self._squares}
+
+    def resume(self, step: int, epoch: int, state: Mapping[str, Any] | None = None) -> None:
+        """Forget the values written after optimisation step ``step`` and epoch ``epoch``
+        (0 and -1 when a run starts over) and restore the window of :meth:`state`."""
+        if state:
+            self._window = deque(float(v) for v in state["window"])
+            self._sum, self._squares = float(state["sum"]), float(state["squares"])
+        for writer in self.writers:
+            drop_after = getattr(writer, "drop_after", None)
+            if drop_after is not None:
+                drop_after(step, epoch)
 
     def batch(self, step: int, loss: float, extra: Mapping[str, float] | None = None, lr: float | None = None) -> None:
         if math.isfinite(loss):  # a sliding window kept as running sums: O(1) a step

@@ -17,8 +17,23 @@ those steps.
 
 After every epoch the last network is saved as a checkpoint holding what an
 exact resume needs: weights, optimiser state, the epoch and step reached, the
-RNG states and the normalisation. Running the same pipeline again with
-``new_session=False`` continues from it.
+RNG states, the normalisation and the first sample id the next producing
+epoch makes. Online training also saves one before its first step. Running
+the same pipeline again with ``new_session=False`` continues from the last
+checkpoint, as if never interrupted:
+
+* the steps taken since the checkpoint are lost with the process, so the
+  samples an interrupted epoch had already stored are *replayed*: the epoch
+  trains on them again, in their order, then produces only the samples still
+  missing (each sample has its own seed, so they are the ones the
+  uninterrupted run makes). The dataset ends with exactly ``batch_nb *
+  batch_size`` samples per producing epoch, and, with
+  ``replay_when_starved=False``, the weights equal those of an uninterrupted
+  run (with it, which steps replay depends on timing, in both runs);
+* the training curves drop what was written after the checkpoint, so each
+  step appears once;
+* the root seed is the one the session's previous training recorded, unless
+  the pipeline is given another.
 """
 
 from __future__ import annotations
@@ -44,7 +59,16 @@ from dpx.core.config import (
     as_record,
 )
 from dpx.core.database import Database
-from dpx.core.network import check_network, checkpoint_path, find_checkpoint, load_backend, normalization_from
+from dpx.core.network import (
+    CheckpointError,
+    check_network,
+    checkpoint_path,
+    find_checkpoint,
+    load_backend,
+    normalization_from,
+    saved_normalization,
+    with_saved_kwargs,
+)
 from dpx.core.preflight import (
     SetUp,
     check_batch_memory,
@@ -234,6 +258,13 @@ class Training:
         last = checkpoint_path(reopened / "network", config.network_name)
         return last if last.exists() else None
 
+    def _seed(self, session: Session) -> int:
+        """The given seed, else the one this session's previous training used (a resume continues its streams)."""
+        previous = None if self.new_session or self.seed is not None else session.last_run("Training")
+        if previous and previous.get("seed") is not None:
+            return int(previous["seed"])
+        return resolve_seed(self.seed)[0]
+
     # -- running -----------------------------------------------------------------------
 
     def execute(self, setup: SetUp | None = None) -> TrainingSummary:
@@ -243,7 +274,7 @@ class Training:
         session, database = self._open(setup)
         self.session_path = session.path
         checkpoint = setup.checkpoint
-        seed, _ = resolve_seed(self.seed)
+        seed = self._seed(session)
         environment_seed = environment_key = None
         if setup.runner_class is not None:
             environment_seed, environment_key = resolve_seed(setup.seed if setup.seed is not None else seed)
@@ -290,27 +321,43 @@ class _Run:
         self.rng = np.random.default_rng(seed)
         self.runner: Any = None
         self.feed: _Feed | None = None
-        self.stats = Stats(session.stats_dir, pipeline.stats_writers, pipeline.histograms)
+        self.backend: Any = None
+        self.stats: Stats | None = None
         self.progress: Progress | None = None
         self.step = self.samples = self.starved = self.replayed = 0
         self.fields = self.config.input_fields + self.config.target_fields
+        #: The first sample id the next producing epoch makes (what is stored before it stays).
+        self.next_sample = self._stored()
 
     def train(self, backend_class: type, checkpoint: Path | None) -> TrainingSummary:
-        first_epoch, first_batch, extra = 0, None, None
+        first_epoch, extra, continuing = 0, None, False
         if checkpoint is not None:
             extra = backend_class.read_extra(checkpoint)
-            if self.session.path.resolve() in checkpoint.resolve().parents:  # this session: exact continuation
-                first_epoch = _epoch_of(extra) + 1
-                self.step = int(extra.get("step", 0))
-                self.rng.bit_generator.state = extra["shuffle_rng"]
-        if self.runner is not None and (first_epoch == 0 or self.p.environment_config.always_produce):
-            self.feed = _Feed(self.runner, self.database, self.p.batch_nb, self.p.batch_size)
-            first_batch = self.feed.get()
+            self.config = with_saved_kwargs(self.config, extra)
+            continuing = self.session.path.resolve() in checkpoint.resolve().parents
+            if continuing:  # this session's own checkpoint: exact continuation
+                try:
+                    first_epoch = _epoch_of(extra) + 1
+                    self.step = int(extra.get("step", 0))
+                    self.rng.bit_generator.state = extra["shuffle_rng"]
+                    self.next_sample = int(extra.get("next_sample", self.next_sample))
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise CheckpointError(f"{checkpoint}: the checkpoint's training state is unreadable ({exc!r})") from None
+        self.stats = Stats(self.session.stats_dir, self.p.stats_writers, self.p.histograms)
+        self.stats.resume(self.step, first_epoch - 1, extra.get("stats") if continuing else None)
+        moments = self.database.normalization  # before this run stores anything
+        producing = first_epoch < self.p.epoch_nb and self._producing(first_epoch)
+        batches = self._epoch_batches(first_epoch, hold=not continuing)
+        first_batch = next(batches) if producing else None
         self.specs = self._field_specs(first_batch)
-        self.normalization = self._normalization(extra, first_batch)
+        self.normalization = self._normalization(checkpoint, extra, moments, first_batch)
         self.backend = backend_class(self.config, self.specs, self.normalization, seed=self.seed)
         if checkpoint is not None:
             self.backend.load(checkpoint, training=True)
+        if producing and not continuing:
+            self._save(first_epoch - 1)  # the resume point of an epoch 0 interrupted before its end
+            if self.feed is not None:
+                self.feed.release()
         per_epoch = self._batches_per_epoch()
         total = per_epoch * self.p.epoch_nb
         self.progress = Progress(total, desc="train", unit="batch", initial=per_epoch * first_epoch, enabled=self.p.progress)
@@ -318,7 +365,11 @@ class _Run:
         start = time.perf_counter()
         for epoch in range(first_epoch, self.p.epoch_nb):
             losses = []
-            for batch in self._epoch_batches(epoch, first_batch if epoch == first_epoch else None):
+            if epoch > first_epoch:
+                batches = self._epoch_batches(epoch)
+            elif first_batch is not None:
+                losses.append(self._train_batch(epoch, first_batch))
+            for batch in batches:
                 losses.append(self._train_batch(epoch, batch))
             epoch_loss = float(np.mean(losses)) if losses else math.nan
             validation = self._validation_loss()
@@ -331,6 +382,12 @@ class _Run:
             self.session.path, self.p.epoch_nb - first_epoch, self.progress.done - self.progress.initial,
             epoch_loss, validation, elapsed, self.samples, self.starved, self.replayed,
         )
+
+    def _stored(self) -> int:
+        return self.database.count("training") if "training" in self.database.modes else 0
+
+    def _producing(self, epoch: int) -> bool:
+        return self.runner is not None and (epoch == 0 or self.p.environment_config.always_produce)
 
     def _field_specs(self, first_batch: dict[str, np.ndarray] | None) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         if first_batch is not None:
@@ -346,12 +403,11 @@ class _Run:
             )
         return specs
 
-    def _normalization(self, extra: dict | None, first_batch: dict | None):
+    def _normalization(self, checkpoint: Path | None, extra: dict | None, moments: dict, first_batch: dict | None):
         if extra and extra.get("normalization") is not None:
-            return {name: (np.asarray(v["mean"]), np.asarray(v["std"])) for name, v in extra["normalization"].items()}
+            return saved_normalization(extra, checkpoint)
         if not self.p.database_config.normalize:
             return {}
-        moments = self.database.normalization
         if not moments and first_batch is not None:
             from dpx.core.database import Moments
 
@@ -367,14 +423,10 @@ class _Run:
             raise TrainingError(f"the dataset {self.database.path} holds no training samples; generate data first")
         return math.ceil(count / self.p.batch_size)
 
-    def _epoch_batches(self, epoch: int, first_batch: dict | None) -> Iterator[dict[str, np.ndarray]]:
-        producing = self.runner is not None and (epoch == 0 or self.p.environment_config.always_produce)
-        if producing:
-            yield from self._produced_batches(first_batch)
+    def _epoch_batches(self, epoch: int, hold: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        if self._producing(epoch):
+            yield from self._produced_batches(hold)
             return
-        if self.feed is not None:
-            self.feed.close()
-            self.feed = None
         count = self.database.count("training")
         if count == 0:
             raise TrainingError(f"the dataset {self.database.path} holds no training samples; generate data first")
@@ -389,28 +441,42 @@ class _Run:
             if limit is math.inf:
                 return
 
-    def _produced_batches(self, first_batch: dict | None) -> Iterator[dict[str, np.ndarray]]:
-        if self.feed is None:
-            self.feed = _Feed(self.runner, self.database, self.p.batch_nb, self.p.batch_size)
-        fresh = 0
-        if first_batch is not None:
-            fresh += 1
-            yield first_batch
-        while fresh < self.p.batch_nb:
-            batch = self.feed.get(block=False)
-            if batch is None:
-                stored = self.database.count("training") if "training" in self.database.modes else 0
-                if self.p.replay_when_starved and stored >= self.p.batch_size:
+    def _produced_batches(self, hold: bool) -> Iterator[dict[str, np.ndarray]]:
+        """The epoch's batches of sample ids ``next_sample + k * batch_size``: stored ones read back, the rest produced.
+
+        Samples an interrupted run stored are replayed rather than produced
+        again; a ``hold`` feed stores nothing until :meth:`_Feed.release`.
+        """
+        size, first = self.p.batch_size, self.next_sample
+        end, stored = first + self.p.batch_nb * size, self._stored()
+        if stored > first:
+            log.info("dpx: replaying the %d samples stored before the interruption", min(stored, end) - first)
+        chunks = [np.arange(max(start, stored), start + size) for start in range(first, end, size) if start + size > stored]
+        self.feed = _Feed(self.runner, self.database, chunks, hold) if chunks else None
+        for start in range(first, end, size):
+            head = self.database.read("training", self.fields, np.arange(start, min(start + size, stored))) if start < stored else None
+            if start + size <= stored:
+                yield head
+                continue
+            while True:
+                batch = self.feed.get(block=self.backend is None)  # the first batch is awaited, not counted
+                if batch is not None:
+                    break
+                count = self._stored()
+                if self.p.replay_when_starved and self.backend is not None and count >= size:
                     self.replayed += 1
-                    ids = np.sort(self.rng.choice(stored, self.p.batch_size, replace=False))
-                    yield self.database.read("training", self.fields, ids)
+                    yield self.database.read("training", self.fields, np.sort(self.rng.choice(count, size, replace=False)))
                     continue
                 self.starved += 1
                 batch = self.feed.get(block=True)
-            fresh += 1
+                break
+            if head is not None:  # a batch cut by the interruption: its stored part, then the rest
+                batch = {name: np.concatenate([head[name], batch[name]]) for name in self.fields}
             yield batch
-        self.feed.close()
-        self.feed = None
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
+        self.next_sample = self._stored()
 
     def _train_batch(self, epoch: int, batch: dict[str, np.ndarray]) -> float:
         try:
@@ -443,11 +509,13 @@ class _Run:
         extra = {
             "epoch": epoch,
             "step": self.step,
+            "next_sample": self.next_sample,
             "shuffle_rng": self.rng.bit_generator.state,
             "normalization": {n: {"mean": m.tolist(), "std": s.tolist()} for n, (m, s) in self.normalization.items()},
             "fields": {n: {"dtype": str(d), "shape": list(shape)} for n, (d, shape) in self.specs.items() if n in self.fields},
             "network_config": _jsonable(as_record(self.config)),
             "last_good": last_good,
+            "stats": self.stats.state(),
         }
         network_dir = self.session.network_dir
         path = checkpoint_path(network_dir, self.config.network_name)
@@ -463,7 +531,8 @@ class _Run:
             self.feed.close()
         if self.runner is not None:
             self.runner.close()
-        self.stats.close()
+        if self.stats is not None:
+            self.stats.close()
         self.database.close()
 
 
@@ -476,34 +545,46 @@ def _jsonable(record: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Feed:
-    """Produce ``batch_nb`` batches in a thread, store them, queue copies for the trainer."""
+    """Produce ``chunks`` of sample ids in a thread, queue copies for the trainer and store them.
 
-    def __init__(self, runner: Any, database: Database, batch_nb: int, batch_size: int, mode: str = "training"):
-        self.runner, self.database, self.mode = runner, database, mode
-        self.batch_nb, self.batch_size = batch_nb, batch_size
+    A feed built with ``hold`` produces its first chunk but stores nothing
+    until :meth:`release`: the trainer first saves the checkpoint that an
+    interrupted epoch resumes from, so no stored sample predates it.
+    """
+
+    def __init__(self, runner: Any, database: Database, chunks: list[np.ndarray], hold: bool = False, mode: str = "training"):
+        self.runner, self.database, self.mode, self.chunks = runner, database, mode, chunks
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._released = threading.Event()
+        if not hold:
+            self._released.set()
         self.thread = threading.Thread(target=self._run, name="dpx-producer", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         try:
-            first = self.database.count(self.mode) if self.mode in self.database.modes else 0
             stream = MODE_STREAMS[self.mode]
-            for k in range(self.batch_nb):
+            for k, ids in enumerate(self.chunks):
                 if self._stop.is_set():
                     return
-                ids = np.arange(first + k * self.batch_size, first + (k + 1) * self.batch_size)
                 batch = self.runner.produce(ids, stream)
+                self._put({name: array.copy() for name, array in batch.items()})
+                while not self._released.wait(0.1):
+                    if self._stop.is_set():
+                        return
                 if k == 0:
                     self.database.prepare(self.mode, {n: (a.dtype, a.shape[1:]) for n, a in batch.items()})
                 self.database.append(self.mode, batch)
-                self._put({name: array.copy() for name, array in batch.items()})
         except BaseException as exc:  # handed to the trainer, which raises it
             self.error = exc
         finally:
             self._put(None)
+
+    def release(self) -> None:
+        """Let a held feed store what it produces."""
+        self._released.set()
 
     def _put(self, item: Any) -> None:
         while not self._stop.is_set():

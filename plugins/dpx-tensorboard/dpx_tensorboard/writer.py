@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -60,6 +60,17 @@ class TensorBoardWriter:
             bucket=[0.0, *counts.astype(np.float64).tolist()],
         )
         self._add(Summary.Value(tag=tag, histo=proto), step)
+
+    def drop_after(self, step: int, epoch: int) -> None:
+        """Hide what a killed run wrote after the checkpoint a resumed training starts from.
+
+        Event files are append-only: a session-start event at ``step + 1``
+        makes TensorBoard drop the earlier files' events from that step on (its
+        ``purge_orphaned_data``, on by default). Epoch values come before the
+        checkpoint of their epoch, so none lies past it.
+        """
+        start = SessionLog(status=SessionLog.START)
+        self._writer.add_event(Event(wall_time=time.time(), step=int(step) + 1, session_log=start))
 
     def flush(self) -> None:
         self._writer.flush()

@@ -104,6 +104,20 @@ def test_a_resumed_run_adds_a_file_to_the_same_run(tmp_path: Path) -> None:
     assert scalars(read_events(tmp_path / "tensorboard"), "loss/epoch") == [(0, 0.5), (1, 1.5)]
 
 
+def test_a_resumed_run_hides_the_steps_written_after_its_checkpoint(tmp_path: Path) -> None:
+    killed = TensorBoardWriter(tmp_path)
+    for step in range(1, 7):
+        killed.scalar("loss/batch", step, step)
+    killed.close()
+    resumed = TensorBoardWriter(tmp_path)
+    resumed.drop_after(4, 0)
+    for step in range(5, 9):
+        resumed.scalar("loss/batch", 10 * step, step)
+    resumed.close()
+    expected = [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0), (6, 60.0), (7, 70.0), (8, 80.0)]
+    assert scalars(read_events(tmp_path / "tensorboard"), "loss/batch") == expected
+
+
 # -- as a dpx plugin ---------------------------------------------------------------
 
 

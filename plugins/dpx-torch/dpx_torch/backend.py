@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +12,18 @@ import numpy as np
 import torch
 
 from dpx.core.config import ConfigError, NetworkConfig
+from dpx.core.network import CheckpointError, build_with_kwargs, check_kwargs
 from dpx.core.training import NonFiniteLossError
 from dpx_torch.network import Network, default_device
-from dpx_torch.optimization import Optimization
+from dpx_torch.optimization import Optimization, build_loss, build_optimizer
 from dpx_torch.transformation import DataTransformation
 
 ARCHITECTURES = {"fc": "dpx_torch.fc:FC", "unet": "dpx_torch.unet:UNet"}
 FORMAT = "dpx-torch-checkpoint"
+#: What every checkpoint holds, and the type of each entry: checked before use, a checkpoint being untrusted.
+CHECKPOINT_ENTRIES = {
+    "architecture": str, "network_kwargs": dict, "shapes": dict, "state_dict": dict, "torch_rng": torch.Tensor, "extra": dict,
+}
 
 
 def resolve_network_class(network_class: str | type) -> type:
@@ -32,7 +38,33 @@ def resolve_network_class(network_class: str | type) -> type:
             f"NetworkConfig: unknown network_class {network_class!r}; architectures are "
             f"{', '.join(ARCHITECTURES)}, or give a class or 'package.module:Class'"
         )
-    return Component(path).load()
+    return _load(Component(path), "network_class")
+
+
+def _load(component: Any, parameter: str) -> type:
+    """Import the class a user named by path: a typo is their mistake, reported against ``parameter``."""
+    try:
+        return component.load()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"NetworkConfig: {parameter}={component.path!r} cannot be imported: {exc}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, else its type (some carry no message)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_fields(config: NetworkConfig, fields: dict[str, Any] | None) -> None:
+    if len(config.input_fields) != 1 or len(config.target_fields) != 1:
+        raise ConfigError(
+            "the torch backend trains one input field on one target field; "
+            f"got input_fields={config.input_fields}, target_fields={config.target_fields}"
+        )
+    if fields is not None:
+        missing = [name for name in config.input_fields + config.target_fields if name not in fields]
+        if missing:
+            raise ConfigError(f"NetworkConfig names field(s) {missing} that the data does not have; fields are {sorted(fields)}")
 
 
 def _resolve_class(choice: str | type | None, default: type, parameter: str, registry: str | None = None) -> type:
@@ -44,7 +76,7 @@ def _resolve_class(choice: str | type | None, default: type, parameter: str, reg
     from dpx.plugins import Component, get_plugins
 
     if ":" in choice:
-        return Component(choice).load()
+        return _load(Component(choice), parameter)
     if registry is not None:
         return get_plugins().load(registry, choice)
     raise ConfigError(f"NetworkConfig: {parameter}={choice!r} must be a class or 'package.module:Class'")
@@ -60,11 +92,7 @@ class TorchBackend:
         normalization: dict[str, tuple[np.ndarray, np.ndarray]],
         seed: int | None = None,
     ) -> None:
-        if len(config.input_fields) != 1 or len(config.target_fields) != 1:
-            raise ConfigError(
-                "the torch backend trains one input field on one target field; "
-                f"got input_fields={config.input_fields}, target_fields={config.target_fields}"
-            )
+        _check_fields(config, fields)
         self.config = config
         self.input_field, self.target_field = config.input_fields[0], config.target_fields[0]
         self.input_shape, self.target_shape = tuple(fields[self.input_field][1]), tuple(fields[self.target_field][1])
@@ -76,12 +104,10 @@ class TorchBackend:
         network_class = resolve_network_class(config.network_class)
         if seed is not None:
             torch.manual_seed(seed % 2**63)
-        try:
-            self.network: torch.nn.Module = network_class(
-                input_shape=self.input_shape, output_shape=self.target_shape, **config.network_kwargs
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"NetworkConfig: {self.architecture} with network_kwargs={config.network_kwargs!r}: {exc}") from exc
+        self.network: torch.nn.Module = build_with_kwargs(
+            network_class, config.network_kwargs, "network_kwargs", f"network {self.architecture}",
+            input_shape=self.input_shape, output_shape=self.target_shape,
+        )
         self.network.to(device=self.device, dtype=self.dtype)
         self.normalization = {
             name: tuple(torch.as_tensor(v, dtype=self.dtype, device=self.device) for v in pair)
@@ -94,6 +120,28 @@ class TorchBackend:
         self.optimization = None
         if config.require_training_stuff:
             self.optimization = _resolve_class(config.optimization, Optimization, "optimization")(config, self.network)
+
+    @classmethod
+    def check(cls, config: NetworkConfig, fields: dict[str, tuple[np.dtype, tuple[int, ...]]] | None = None) -> None:
+        """Build every component of ``config``; a bad setting raises a ConfigError naming it.
+
+        With ``fields`` the whole backend is built and probed. Without them
+        (online training, before the first sample) the network cannot be
+        sized: its ``network_kwargs`` are checked against its constructor, and
+        the loss and optimiser (on a placeholder parameter) are built.
+        """
+        if fields is not None:
+            cls(config, fields, {})
+            return
+        _check_fields(config, None)
+        network_class = resolve_network_class(config.network_class)
+        check_kwargs(network_class, config.network_kwargs, "network_kwargs", f"network {config.network_class!r}",
+                     exclude=("input_shape", "output_shape"))
+        _resolve_class(config.data_transformation, DataTransformation, "data_transformation", "transforms")(config)
+        _resolve_class(config.optimization, Optimization, "optimization")
+        if config.require_training_stuff:
+            build_loss(config)
+            build_optimizer(config, [torch.nn.Parameter(torch.zeros(1))])
 
     # -- shapes ------------------------------------------------------------------------
 
@@ -203,12 +251,29 @@ class TorchBackend:
 
     @classmethod
     def read_checkpoint(cls, path: Path) -> dict[str, Any]:
+        """Load a checkpoint safely (``weights_only=True``); anything unreadable is a CheckpointError naming ``path``."""
+        path = Path(path)
+        what = f"{path} is not a readable dpx-torch checkpoint"
         try:
+            if path.stat().st_size == 0:
+                raise CheckpointError(f"{what}: the file is empty (0 bytes)")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except CheckpointError:
+            raise
+        except OSError as exc:
+            raise CheckpointError(f"{what}: {exc.strerror or _first_line(exc)}") from exc
+        except pickle.UnpicklingError as exc:
+            reason = "it holds objects other than tensors and plain values, which a safe load refuses"
+            if "Weights only load failed" not in str(exc):
+                reason = f"corrupt data ({_first_line(exc)})"
+            raise CheckpointError(f"{what}: {reason}") from exc
         except Exception as exc:
-            raise ValueError(f"{path} is not a readable dpx-torch checkpoint: {str(exc).splitlines()[0]}") from exc
+            raise CheckpointError(f"{what}: truncated or corrupt ({_first_line(exc)})") from exc
         if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a dpx-torch checkpoint")
+            raise CheckpointError(f"{what}: it was not written by dpx-torch")
+        for key, kind in CHECKPOINT_ENTRIES.items():
+            if not isinstance(checkpoint.get(key), kind):
+                raise CheckpointError(f"{what}: its {key!r} entry is missing or not a {kind.__name__}")
         return checkpoint
 
     @classmethod

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from dpx.core.config import ConfigError, NetworkConfig
+from dpx.core.network import build_with_kwargs
 
 
 def optimizers() -> dict[str, type]:
@@ -44,6 +46,23 @@ def resolve_loss(loss: str | type) -> type:
         raise ConfigError(f"NetworkConfig: {exc}") from None
 
 
+def build_loss(config: NetworkConfig) -> torch.nn.Module:
+    """The loss of ``config`` built with its ``loss_kwargs`` (a bad key is a ConfigError naming it)."""
+    return build_with_kwargs(resolve_loss(config.loss), config.loss_kwargs, "loss_kwargs", f"loss {_name(config.loss)}")
+
+
+def build_optimizer(config: NetworkConfig, parameters: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimiser of ``config`` over ``parameters``, with ``lr`` and its ``optimizer_kwargs``."""
+    return build_with_kwargs(
+        resolve_optimizer(config.optimizer), config.optimizer_kwargs, "optimizer_kwargs",
+        f"optimizer {_name(config.optimizer)}", parameters, lr=config.lr,
+    )
+
+
+def _name(choice: str | type) -> str:
+    return repr(choice) if isinstance(choice, str) else f"{choice.__module__}:{choice.__qualname__}"
+
+
 class Optimization:
     """Compute the loss and apply the optimiser; subclass to change either.
 
@@ -54,8 +73,8 @@ class Optimization:
 
     def __init__(self, config: NetworkConfig, network: torch.nn.Module) -> None:
         self.config = config
-        self.loss = resolve_loss(config.loss)(**config.loss_kwargs)
-        self.optimizer = resolve_optimizer(config.optimizer)(network.parameters(), lr=config.lr, **config.optimizer_kwargs)
+        self.loss = build_loss(config)
+        self.optimizer = build_optimizer(config, network.parameters())
 
     def compute_loss(self, prediction: torch.Tensor, ground_truth: torch.Tensor) -> dict[str, Any]:
         return {"loss": self.loss(prediction, ground_truth)}

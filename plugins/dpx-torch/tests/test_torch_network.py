@@ -54,3 +54,52 @@ def test_architecture_errors_name_the_shapes():
         FC(input_shape=(2,), output_shape=(3,), activation="swish")
     with pytest.raises(ValueError, match=r"target field's grid \(8, 8\) must match the input field's grid \(16, 16\)"):
         UNet(input_shape=(1, 16, 16), output_shape=(1, 8, 8))
+
+
+# -- check_network: every training component built before anything is written -------------
+
+
+FIELDS = {"input": (np.dtype(np.float32), (5, 3)), "ground_truth": (np.dtype(np.float32), (3,))}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fields", "message"),
+    [
+        ({"loss_kwargs": {"redution": "sum"}}, None,
+         r"loss_kwargs has unknown key 'redution' for loss 'mse' \(did you mean 'reduction'\?\)"),
+        ({"optimizer_kwargs": {"weight_decai": 0.1}}, None,
+         r"optimizer_kwargs has unknown key 'weight_decai' for optimizer 'adam' \(did you mean 'weight_decay'\?\)"),
+        ({"optimizer_kwargs": {"betas": (2.0, 0.9)}}, None,
+         r"optimizer_kwargs=\{'betas': \(2.0, 0.9\)\} rejected by optimizer 'adam': Invalid beta parameter"),
+        ({"network_kwargs": {"hiden": [8]}}, None,
+         r"network_kwargs has unknown key 'hiden' for network 'fc' \(did you mean 'hidden'\?\)"),
+        ({"network_kwargs": {"hiden": [8]}}, FIELDS,
+         r"network_kwargs has unknown key 'hiden' for network fc \(did you mean 'hidden'\?\)"),
+        ({"network_kwargs": {"dim_layers": [90, 3]}}, FIELDS,
+         r"network_kwargs=.* rejected by network fc: fc: dim_layers starts with 90 inputs"),
+        ({"input_fields": ["points"]}, FIELDS, r"field\(s\) \['points'\] that the data does not have"),
+        ({"network_class": "mypackage.nets:Net"}, None, r"network_class='mypackage.nets:Net' cannot be imported: No module"),
+        ({"optimization": "dpx_torch.optimization:Optimisation"}, None,
+         r"optimization='dpx_torch.optimization:Optimisation' cannot be imported: .*has no attribute 'Optimisation'"),
+    ],
+)
+def test_check_network_names_the_parameter_and_key_and_writes_nothing(tmp_path, monkeypatch, kwargs, fields, message):
+    from dpx.core.config import ConfigError, NetworkConfig
+    from dpx.core.network import check_network
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        check_network(NetworkConfig(**{"network_class": "fc", **kwargs}), fields)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_network_returns_the_backend_of_a_valid_config():
+    from dpx.core.config import NetworkConfig
+    from dpx.core.network import check_network
+    from dpx_torch.backend import TorchBackend
+
+    config = NetworkConfig("unet", network_kwargs={"depth": 2}, loss="huber", loss_kwargs={"delta": 0.5},
+                           optimizer="sgd", optimizer_kwargs={"momentum": 0.9})
+    assert check_network(config) is TorchBackend
+    assert check_network(config, {"input": (np.dtype(np.float32), (1, 8, 8)),
+                                  "ground_truth": (np.dtype(np.float32), (1, 8, 8))}) is TorchBackend

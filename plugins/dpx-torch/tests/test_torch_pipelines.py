@@ -226,3 +226,16 @@ def test_unknown_names_are_clear_errors(tmp_path, kwargs, message):
     config = dpx.NetworkConfig(**{"network_class": "fc", **kwargs})
     with pytest.raises(ConfigError, match=message):
         train(tmp_path, dataset, config).execute()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"loss_kwargs": {"redution": "sum"}}, r"loss_kwargs has unknown key 'redution'"),
+        ({"optimizer_kwargs": {"momentun": 0.9}, "optimizer": "sgd"}, r"optimizer_kwargs has unknown key 'momentun'"),
+    ],
+)
+def test_a_typo_in_loss_or_optimizer_kwargs_is_a_config_error(tmp_path, kwargs, message):
+    dataset = generate(tmp_path, "toy.mean", batch_nb=1, n_points=5)
+    with pytest.raises(ConfigError, match=message):
+        train(tmp_path, dataset, dpx.NetworkConfig("fc", **kwargs)).execute()
