@@ -426,18 +426,43 @@ class Plugins:
         key = (info.name, component.path)
         if key not in self._loaded:
             try:
-                self._loaded[key] = component.load()
+                obj = component.load()
             except Exception as exc:
                 raise PluginError(
                     f"{kind_of(registry)} {name!r} of plugin {info.name!r} could not be loaded "
                     f"from {component.path!r}: {_describe(exc)}"
                 ) from exc
+            broken = contract_breach(registry, obj)
+            if broken:
+                contract = hookspecs.CONTRACTS["dpx_" + registry]
+                raise PluginError(
+                    f"{kind_of(registry)} {name!r} of plugin {info.name!r} ({component.path}) {broken}; "
+                    f"a {kind_of(registry)} must be {contract.summary} (see dpx/hookspecs.py, dpx_{registry})"
+                )
+            self._loaded[key] = obj
         return self._loaded[key]
 
     @staticmethod
     def _check_registry(registry: str) -> None:
         if registry not in REGISTRIES:
             raise ValueError(f"unknown registry {registry!r}; registries are {', '.join(REGISTRIES)}")
+
+
+def contract_breach(registry: str, obj: Any) -> str | None:
+    """What ``obj`` lacks to be a component of ``registry`` (see ``hookspecs.CONTRACTS``), or None."""
+    contract = hookspecs.CONTRACTS["dpx_" + registry]
+    if not isinstance(obj, type):
+        what = "a function" if callable(obj) else f"a {type(obj).__name__}"
+        return f"is {what}, not a class"
+    if contract.base is not None:
+        base = Component(contract.base).load()
+        if not issubclass(obj, base):
+            return f"is not a subclass of {base.__module__}.{base.__qualname__}"
+    # looked up in the classes themselves: every class answers getattr(cls, "__call__") through its metaclass
+    missing = [method for method in contract.methods if not any(method in vars(k) for k in obj.__mro__[:-1])]
+    if missing:
+        return f"has no method {', '.join(missing)}"
+    return None
 
 
 _plugins: Plugins | None = None

@@ -280,3 +280,77 @@ def test_disabling_a_name_that_matches_no_plugin_warns(site, monkeypatch, caplog
     with caplog.at_level("WARNING", logger="dpx.plugins"):
         Plugins(disabled=["pend"])
     assert not caplog.records
+
+
+BROKEN_COMPONENTS = """
+import dpx
+
+class NoHistogram:
+    def __init__(self, stats_dir):
+        pass
+    def scalar(self, tag, value, step):
+        pass
+    def close(self):
+        pass
+
+def plain_loss(prediction, target):
+    return ((prediction - target) ** 2).mean()
+
+class NotAnEnvironment:
+    def step(self):
+        pass
+
+class HalfStorage:
+    def __init__(self, path, *, readonly=True, max_file_bytes=1):
+        pass
+    def count(self, mode):
+        return 0
+
+@dpx.hookimpl
+def dpx_stats_writers():
+    return {"nohist": "broken_plugin:NoHistogram"}
+
+@dpx.hookimpl
+def dpx_losses():
+    return {"plain": "broken_plugin:plain_loss"}
+
+@dpx.hookimpl
+def dpx_environments():
+    return {"broken.env": "broken_plugin:NotAnEnvironment", "pend.simple": "pend_impl:Pendulum"}
+
+@dpx.hookimpl
+def dpx_storage_backends():
+    return {"half": "broken_plugin:HalfStorage"}
+"""
+
+
+@pytest.mark.parametrize("registry, name, breach", [
+    ("stats_writers", "nohist", "has no method histogram; a stats writer must be a class built as cls(stats_dir)"),
+    ("losses", "plain", "is a function, not a class; a loss must be a class built as cls(**loss_kwargs)"),
+    ("environments", "broken.env", "is not a subclass of dpx.core.environment.Environment"),
+    ("storage_backends", "half", "has no method layout, add_mode, append, commit, read, reader, refresh, close"),
+])
+def test_component_breaking_its_contract_is_one_line_naming_plugin_and_what_is_missing(site, registry, name, breach):
+    (site / "broken_plugin.py").write_text(BROKEN_COMPONENTS)
+    (site / "pend_impl.py").write_text(textwrap.dedent(IMPL))
+    plugins = Plugins(entry_points=False, dev_modules=["broken_plugin"])
+    with pytest.raises(PluginError) as raised:
+        plugins.load(registry, name)
+    message = str(raised.value)
+    assert f"{name!r} of plugin 'broken_plugin' (broken_plugin:" in message and breach in message, message
+    assert "\n" not in message and f"dpx_{registry}" in message
+
+
+def test_cli_reports_a_storage_breaking_its_contract_as_one_error_line(site, tmp_path):
+    (site / "broken_plugin.py").write_text(BROKEN_COMPONENTS)
+    (site / "pend_impl.py").write_text(textwrap.dedent(IMPL))
+    config = tmp_path / "job.toml"
+    config.write_text('[environment]\nenvironment_class = "pend.simple"\n[database]\nstorage = "half"\n'
+                      f'[pipeline]\nsession_dir = "{tmp_path / "sessions"}"\nbatch_nb = 1\nbatch_size = 2\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "DPX_PLUGINS": "broken_plugin"}
+    result = subprocess.run([sys.executable, "-m", "dpx", "generate", str(config), "--no-progress"],
+                            capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("dpx generate: error: storage backend 'half' of plugin 'broken_plugin'"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
