@@ -289,3 +289,9 @@ def test_disabled_plugin_is_named_when_its_environment_is_used() -> None:
     assert result.stderr.strip().endswith(
         "Environment 'toy.spring' comes with the plugin 'toy', disabled by DPX_DISABLE_PLUGINS."
     ), result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(ENV_NAMES))
+def test_passes_the_environment_kit(name: str) -> None:
+    batch = dpx.testing.check_environment(name, samples=3)
+    assert set(batch) >= {"input", "ground_truth"}
