@@ -8,9 +8,11 @@ Plugins come from three places, registered the same way:
 * modules named in ``DPX_PLUGINS`` (comma separated), for developing a plugin
   that is not installed yet.
 
-``DPX_DISABLE_PLUGINS=a,b`` skips plugins by name. A plugin that fails to import
-or to register is recorded with its error and skipped, so one broken plugin
-never takes dpx down; ``DPX_STRICT_PLUGINS=1`` turns that into an exception, for
+``DPX_DISABLE_PLUGINS=a,b`` skips plugins by name (a name matching no plugin is
+warned about). Using a name that no installed plugin offers says which
+first-party distribution offers it (:data:`FIRST_PARTY`) or which plugin is
+disabled. A plugin that fails to import or to register is recorded with its
+error and skipped, so one broken plugin never takes dpx down; ``DPX_STRICT_PLUGINS=1`` turns that into an exception, for
 plugin authors and tests.
 
 Registering a plugin only calls its registry hooks, which return import paths:
@@ -389,21 +391,22 @@ class Plugins:
 
     def _unknown_message(self, registry: str, name: str, offers: dict[str, list]) -> str:
         kind = kind_of(registry)
+        bare = name.rpartition(":")[2]
         available = sorted(offers)
         message = f"unknown {kind} {name!r}"
-        close = difflib.get_close_matches(name.rpartition(":")[2], available, n=1)
+        close = difflib.get_close_matches(bare, available, n=1)
         if close:
             message += f" (did you mean {close[0]!r}?)"
         message += f"; available: {', '.join(available) if available else 'none'}."
-        bare = name.rpartition(":")[2]
         owner = next((p for p in FIRST_PARTY if p.offers_name(registry, bare)), None)
         installed = self.plugins.get(owner.plugin) if owner else None
+        owner_disabled = installed is not None and installed.status == "disabled"
         if owner and installed is None:
             message += f" {kind.capitalize()} {bare!r} comes with the {owner.distribution} plugin: pip install {owner.distribution}."
-        elif installed is not None and installed.status == "disabled":
+        elif owner_disabled:
             message += f" {kind.capitalize()} {bare!r} comes with the plugin {owner.plugin!r}, disabled by DPX_DISABLE_PLUGINS."
         disabled = sorted(info.name for info in self.plugins.values() if info.status == "disabled")
-        if disabled and not (installed is not None and installed.status == "disabled"):
+        if disabled and not owner_disabled:
             message += f" Disabled by DPX_DISABLE_PLUGINS: {', '.join(disabled)}."
         broken = [info.name for info in self.plugins.values() if info.status == "error"]
         if broken:
