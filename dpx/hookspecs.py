@@ -254,9 +254,9 @@ def dpx_runners():
     """Ways to run environments, for ``EnvironmentConfig(runner=...)``.
 
     The core ships ``inprocess`` (environments in the pipeline's own process)
-    and ``multiprocess``. Each component is a subclass of
+    and ``multiprocess``. Each component is a class, best a subclass of
     :class:`dpx.core.runners.Runner` (or of :class:`~dpx.core.runners.RemoteRunner`
-    for remote workers) built as ``cls(config, key, on_wrong_sample=None,
+    for remote workers, which brings chunking and restarts), built as ``cls(config, key, on_wrong_sample=None,
     optional_fields=frozenset())``: ``start() -> {field: Field}``,
     ``produce(sample_ids, stream=0, pinned=False) -> {field: array}``,
     ``apply(predictions)``, ``connect(predictor)``, ``stats``, ``fields``,
