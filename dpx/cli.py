@@ -228,6 +228,9 @@ def _plugins(args: argparse.Namespace) -> int:
                     summary = f"  {component.summary}" if component.summary else ""
                     table.append(("", "", "", [f"  {name} -> {component.path}{summary}"]))
     _print_table(("PLUGIN", "DISTRIBUTION", "STATUS", "PROVIDES"), table)
+    hint = plugins.install_hint()
+    if hint:
+        print(f"\n{hint}")
     return 0
 
 

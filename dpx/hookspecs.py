@@ -34,11 +34,16 @@ Names are dotted by convention (``toy.mean``, ``sofa.beam``) so that a plugin's
 offers group together. If two plugins offer the same name, using the bare name
 is an error that names both; a user picks one as ``plugin:name``.
 
-Each hook documents what the imported object must be. dpx checks the contract
-when it loads the object, not when it lists it.
+Each hook documents the complete contract of what the imported object must be,
+and :data:`CONTRACTS` lists what dpx checks when it loads the object (not when
+it lists it): a component breaking its contract is a one-line
+:class:`dpx.plugins.PluginError` naming the plugin and what is missing. The
+conformance kits of :mod:`dpx.testing` check the rest (behaviour) in your tests.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pluggy
 
@@ -61,14 +66,62 @@ REGISTRY_KINDS: dict[str, str] = {
 }
 
 
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What dpx checks of a registry's component when it loads it.
+
+    The component must be a class (a subclass of ``base`` when given, an import
+    path) defining ``methods``; ``optional`` methods are used when present.
+    """
+
+    summary: str
+    methods: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    base: str | None = None
+
+
+#: Registry hook name -> the contract of its components (documented in each hook below).
+CONTRACTS: dict[str, Contract] = {
+    "dpx_environments": Contract("a subclass of dpx.Environment", base="dpx.core.environment:Environment"),
+    "dpx_network_backends": Contract(
+        "a class built as cls(config, fields, normalization, seed)",
+        methods=("train_batch", "validation_loss", "predict", "save", "load", "read_extra", "parameter_histograms"),
+    ),
+    "dpx_losses": Contract("a class built as cls(**loss_kwargs) whose instances are called as loss(prediction, target)",
+                           methods=("__call__",)),
+    "dpx_transforms": Contract(
+        "a class built as cls(config)",
+        methods=("transform_before_prediction", "transform_before_loss", "transform_before_apply"),
+    ),
+    "dpx_storage_backends": Contract(
+        "a class built as cls(path, readonly=..., max_file_bytes=...)",
+        methods=("layout", "count", "add_mode", "append", "commit", "read", "reader", "refresh", "close"),
+    ),
+    "dpx_runners": Contract(
+        "a class built as cls(config, key, on_wrong_sample, optional_fields)",
+        methods=("start", "produce", "apply", "connect", "close", "__enter__", "__exit__"),
+    ),
+    "dpx_visualizers": Contract("a class built as cls(**visualizer_kwargs)", methods=("add_scene", "update", "close")),
+    "dpx_stats_writers": Contract("a class built as cls(stats_dir)", methods=("scalar", "histogram", "close"),
+                                  optional=("flush",)),
+}
+
+
 @hookspec
 def dpx_environments():
-    """Simulators that produce samples.
+    """Simulators that produce samples, for ``EnvironmentConfig("name")``.
 
-    Each component is a subclass of :class:`dpx.Environment`. dpx builds it with
-    the ``env_kwargs`` of the :class:`~dpx.EnvironmentConfig`, then calls
-    ``create``, ``init``, ``init_database`` and, when a viewer is configured,
-    ``init_visualization`` before stepping it.
+    Each component is a subclass of :class:`dpx.Environment`. dpx builds it as
+    ``cls(**env_kwargs)`` (the :class:`~dpx.EnvironmentConfig`'s), then calls
+    ``create``, ``init``, ``init_database`` (which declares the fields with
+    ``define_training_fields``) and, when a viewer is configured,
+    ``init_visualization``; then ``step`` once per sample, drawing randomness
+    from ``self.rng`` (seeded per sample) and ending with ``set_training_data``;
+    ``check_sample`` may refuse a sample, ``apply_prediction`` receives the
+    network's answer in prediction, ``close`` ends it. Check one with
+    :func:`dpx.testing.check_environment`.
 
     Example::
 
@@ -80,12 +133,31 @@ def dpx_environments():
 
 @hookspec
 def dpx_network_backends():
-    """AI framework adapters (e.g. ``torch``).
+    """AI framework adapters (e.g. ``torch``), for ``NetworkConfig(backend=...)``.
 
-    Each component is a class that builds networks by architecture name, runs
-    the optimisation, and converts NumPy arrays to and from the framework's
-    tensors. The core never imports an AI framework itself; it talks to the
-    backend named in :class:`~dpx.NetworkConfig`.
+    The core never imports an AI framework; it talks to the backend through
+    NumPy arrays. Each component is a class (see :mod:`dpx.core.network`):
+
+    * ``cls(config, fields, normalization, seed=None)`` builds the network of
+      ``config`` (a :class:`~dpx.NetworkConfig`) for ``fields`` (``{name:
+      (dtype, shape)}``) and, when ``config.require_training_stuff``, its loss
+      and optimiser; ``normalization`` is ``{field: (mean, std)}`` to apply on
+      the way in and undo on the way out; ``seed`` makes the initial weights
+      reproducible; a mismatch between network and fields raises
+      :class:`dpx.ConfigError` naming the field and both shapes;
+    * ``train_batch(batch) -> {"loss": float, ...}``: one optimisation step on
+      ``{field: array}``; extra entries are logged; a non-finite loss raises
+      :class:`dpx.core.training.NonFiniteLossError` before the step is applied;
+    * ``validation_loss(batch) -> float``;
+    * ``predict(inputs) -> {target field: array}``, de-normalised;
+    * ``save(path, extra)`` writes a checkpoint (weights, optimiser state and
+      the JSON-able ``extra``) atomically; ``load(path, training) -> extra``
+      reads one without running arbitrary code; the classmethod
+      ``read_extra(path) -> extra`` reads ``extra`` without building a network;
+    * ``learning_rate`` (float, or None without optimiser), ``nb_parameters``
+      (int) and ``parameter_histograms() -> {tag: array}``.
+
+    Check one with :class:`dpx.testing.NetworkBackendChecks`.
 
     Example::
 
@@ -97,10 +169,14 @@ def dpx_network_backends():
 
 @hookspec
 def dpx_losses():
-    """Named loss functions, for ``NetworkConfig(loss=...)``.
+    """Named losses, for ``NetworkConfig(loss="name", loss_kwargs={...})``.
 
-    Each component is a callable or class understood by the network backend
-    that declares it (a ``torch.nn.Module`` class for the torch backend).
+    Each component is a class of the network backend that declares it (a
+    ``torch.nn.Module`` class for the torch backend), built as
+    ``cls(**loss_kwargs)``; the instance is called as ``loss(prediction,
+    target)`` on a batch of the backend's tensors and returns a scalar tensor,
+    zero when both are equal. A plain function is refused: wrap it in a class.
+    Check one with :func:`dpx.testing.check_loss`.
 
     Example::
 
@@ -112,10 +188,18 @@ def dpx_losses():
 
 @hookspec
 def dpx_transforms():
-    """Named data transformations, for ``NetworkConfig(data_transformation=...)``.
+    """Named data transformations, for ``NetworkConfig(data_transformation="name")``.
 
-    A transformation acts at three points: before prediction, before the loss,
-    and before the prediction is applied to the environment.
+    Each component is a class built as ``cls(config)`` (the
+    :class:`~dpx.NetworkConfig`) acting on the backend's tensors at three points:
+
+    * ``transform_before_prediction(input) -> input`` of the network;
+    * ``transform_before_loss(prediction, ground_truth) -> (prediction,
+      ground_truth)``, a pair (``ground_truth`` may be None);
+    * ``transform_before_apply(prediction) -> prediction`` handed to the
+      environment, with the target field's shape.
+
+    Check one with :func:`dpx.testing.check_transform`.
 
     Example::
 
@@ -130,21 +214,32 @@ def dpx_storage_backends():
     """Dataset storage engines, for ``DatabaseConfig(storage=...)``.
 
     Each component is a class storing samples field by field on disk. The core
-    ships ``memmap`` (fixed-size memory-mapped NumPy partitions, crash-safe);
-    plugins may add export formats such as HDF5 or zarr. The class follows
-    :class:`dpx.core.storage.MemmapStorage`:
+    ships ``memmap`` (:class:`dpx.core.storage.MemmapStorage`, fixed-size
+    memory-mapped NumPy partitions, crash-safe); plugins may add export formats
+    such as HDF5 or zarr. The class follows it:
 
-    * ``cls(path, *, readonly, max_file_bytes)`` opens or creates a dataset;
-    * ``modes``, ``layout(mode)``, ``count(mode)`` describe it, ``metadata``
-      is a JSON dict kept with it (normalisation, provenance);
-    * ``add_mode(mode, {field: (dtype, shape)})``, ``append(mode, arrays)``
-      and ``commit(force=False, metadata=None)`` write: appended samples become
-      visible to readers only once committed, and a writer killed at any point
-      must leave only whole committed samples;
-    * ``read(mode, field, indices, out=None)``, ``reader(mode, field)`` (a fast
-      ``(indices, out) -> out`` gather) and ``refresh()`` read, while a writer
-      may still be appending;
+    * ``cls(path, *, readonly, max_file_bytes)`` opens the dataset in folder
+      ``path``, or creates it when not ``readonly``; opening a folder holding
+      no dataset read-only raises :class:`dpx.core.storage.StorageError`;
+    * ``modes`` (list of mode names), ``count(mode) -> int`` (committed
+      samples, 0 for an unknown mode), ``layout(mode) -> {field: layout}``
+      where each layout has ``dtype`` (a ``numpy.dtype``) and ``shape`` (a
+      tuple of one sample), and ``metadata``, a JSON dict kept with the data;
+    * ``add_mode(mode, {field: (dtype, shape)})`` declares a mode, or checks it
+      matches the stored one; ``append(mode, {field: array})`` adds samples
+      and ``commit(force=False, metadata=None) -> bool`` publishes them (and
+      merges ``metadata``): readers see appended samples only once committed,
+      and a writer killed at any point leaves only whole committed samples;
+    * ``read(mode, field, indices, out=None) -> array``, ``reader(mode,
+      field)`` (a fast ``(indices, out) -> out`` gather) and ``refresh() ->
+      bool`` (re-read what a writer committed since; True when it changed);
     * ``close()`` commits and releases files.
+
+    Anything refused (a read-only dataset written to, an unknown mode, fields
+    that do not match, a damaged file) raises ``StorageError`` (or its
+    subclass ``CorruptDatasetError``) with a message naming the dataset and
+    what is wrong: dpx reports those as one line, not a traceback. Check one
+    with :class:`dpx.testing.StorageChecks`.
 
     Example::
 
@@ -158,8 +253,15 @@ def dpx_storage_backends():
 def dpx_runners():
     """Ways to run environments, for ``EnvironmentConfig(runner=...)``.
 
-    The core ships ``inprocess`` (environments in the pipeline's own process);
-    other runners use worker processes or a cluster.
+    The core ships ``inprocess`` (environments in the pipeline's own process)
+    and ``multiprocess``. Each component is a class, best a subclass of
+    :class:`dpx.core.runners.Runner` (or of :class:`~dpx.core.runners.RemoteRunner`
+    for remote workers, which brings chunking and restarts), built as ``cls(config, key, on_wrong_sample=None,
+    optional_fields=frozenset())``: ``start() -> {field: Field}``,
+    ``produce(sample_ids, stream=0, pinned=False) -> {field: array}``,
+    ``apply(predictions)``, ``connect(predictor)``, ``stats``, ``fields``,
+    ``close()`` and use as a context manager. Check one with
+    :class:`dpx.testing.RunnerChecks`.
 
     Example::
 
@@ -172,7 +274,17 @@ def dpx_runners():
 @hookspec
 def dpx_visualizers():
     """Viewers fed by the environments' visual objects, for
-    ``EnvironmentConfig(visualizer=...)``.
+    ``EnvironmentConfig(visualizer="name", visualizer_kwargs={...})``.
+
+    Each component is a class built as ``cls(**visualizer_kwargs)``:
+
+    * ``add_scene(instance_id, {object_id: object})`` shows an environment's
+      objects (dicts made by :class:`dpx.core.visual.VisualFactory`);
+    * ``update(instance_id, {object_id: {key: value}})`` changes some of them,
+      and must not slow the simulation down (drop frames rather than wait);
+    * ``close()`` ends the viewer.
+
+    Check one with :func:`dpx.testing.check_visualizer`.
 
     Example::
 
@@ -184,9 +296,21 @@ def dpx_visualizers():
 
 @hookspec
 def dpx_stats_writers():
-    """Sinks for training curves (losses, learning rate, extra values).
+    """Sinks for training curves, for ``Training(stats=[...])``.
 
-    The core ships ``csv``, a plain file in the session's ``stats/`` folder.
+    The core ships ``csv`` (:class:`dpx.core.stats.CsvStatsWriter`). Each
+    component is a class built as ``cls(stats_dir)`` (the session's ``stats/``
+    folder, a :class:`pathlib.Path`, possibly holding a previous run's files:
+    append, do not overwrite):
+
+    * ``scalar(tag, value, step)`` stores a finite float (tags such as
+      ``loss/batch``, ``loss/epoch``, ``learning_rate``);
+    * ``histogram(tag, values, step)`` stores an array's distribution (it may
+      hold non-finite values; a writer may ignore histograms altogether);
+    * ``flush()``, optional, is called at the end of every epoch;
+    * ``close()`` ends the run.
+
+    Check one with :func:`dpx.testing.check_stats_writer`.
 
     Example::
 

@@ -8,9 +8,11 @@ Plugins come from three places, registered the same way:
 * modules named in ``DPX_PLUGINS`` (comma separated), for developing a plugin
   that is not installed yet.
 
-``DPX_DISABLE_PLUGINS=a,b`` skips plugins by name. A plugin that fails to import
-or to register is recorded with its error and skipped, so one broken plugin
-never takes dpx down; ``DPX_STRICT_PLUGINS=1`` turns that into an exception, for
+``DPX_DISABLE_PLUGINS=a,b`` skips plugins by name (a name matching no plugin is
+warned about). Using a name that no installed plugin offers says which
+first-party distribution offers it (:data:`FIRST_PARTY`) or which plugin is
+disabled. A plugin that fails to import or to register is recorded with its
+error and skipped, so one broken plugin never takes dpx down; ``DPX_STRICT_PLUGINS=1`` turns that into an exception, for
 plugin authors and tests.
 
 Registering a plugin only calls its registry hooks, which return import paths:
@@ -36,6 +38,8 @@ from dpx import hookspecs
 log = logging.getLogger("dpx.plugins")
 
 BUILTIN_PLUGIN = "dpx"
+#: The core's distribution name (``dpx`` on the package index is an unrelated project).
+CORE_DISTRIBUTION = "dpx-core"
 
 
 class PluginError(Exception):
@@ -117,6 +121,40 @@ class PluginInfo:
 REGISTRIES: tuple[str, ...] = tuple(hook.removeprefix("dpx_") for hook in hookspecs.REGISTRY_KINDS)
 
 
+@dataclass(frozen=True)
+class FirstParty:
+    """A plugin of the dpx project, known even when not installed, so that using
+    one of its names without it says what to install."""
+
+    plugin: str  # its entry-point name
+    distribution: str
+    summary: str
+    #: registry -> names it offers; ``"toy.*"`` stands for every name under ``toy.``
+    offers: dict[str, tuple[str, ...]]
+
+    def offers_name(self, registry: str, name: str) -> bool:
+        return any(
+            name.startswith(pattern[:-1]) if pattern.endswith(".*") else name == pattern
+            for pattern in self.offers.get(registry, ())
+        )
+
+
+#: The first-party plugins, checked against what they register by tests/test_plugins.py.
+FIRST_PARTY: tuple[FirstParty, ...] = (
+    FirstParty("toy", "dpx-toy", "NumPy toy simulators", {"environments": ("toy.*",)}),
+    FirstParty("torch", "dpx-torch", "PyTorch networks, losses and transforms", {
+        "network_backends": ("torch",),
+        "losses": ("huber", "l1", "mse", "relative_l2", "smooth_l1"),
+        "transforms": ("identity",),
+    }),
+    FirstParty("fem", "dpx-fem", "a finite-element beam on scikit-fem", {"environments": ("fem.*",)}),
+    FirstParty("sofa", "dpx-sofa", "SOFA simulations (SOFA itself installed separately)", {"environments": ("sofa.*",)}),
+    FirstParty("vedo", "dpx-vedo", "a 3D viewer", {"visualizers": ("vedo",)}),
+    FirstParty("tensorboard", "dpx-tensorboard", "TensorBoard training curves", {"stats_writers": ("tensorboard",)}),
+    FirstParty("ray", "dpx-ray", "environments on a Ray cluster", {"runners": ("ray",)}),
+)
+
+
 def kind_of(registry: str) -> str:
     """The singular word for a registry, for messages: 'environments' -> 'environment'."""
     return hookspecs.REGISTRY_KINDS["dpx_" + registry]
@@ -160,11 +198,13 @@ class Plugins:
 
         from dpx import builtins
 
-        self.register(builtins, name=BUILTIN_PLUGIN, source="builtin", distribution="dpx")
+        self.register(builtins, name=BUILTIN_PLUGIN, source="builtin", distribution=CORE_DISTRIBUTION)
         if entry_points:
             self._load_entry_points()
         for module in _env_list("DPX_PLUGINS") if dev_modules is None else dev_modules:
             self._load_module(module)
+        if entry_points:
+            self._check_disabled_names()
 
     # -- loading ---------------------------------------------------------------
 
@@ -200,6 +240,22 @@ class Plugins:
             self._fail(info, f"import failed: {_describe(exc)}", exc)
             return
         self.register(module, name=module_name, source="DPX_PLUGINS")
+
+    def _check_disabled_names(self) -> None:
+        """A disabled name that matches no plugin is a typo or a distribution name: say so,
+        since the plugin the user meant to disable is still running."""
+        for name in sorted(self.disabled - {info.name for info in self.plugins.values() if info.status == "disabled"}):
+            owner = next((info.name for info in self.plugins.values() if info.distribution == name), None)
+            if name == BUILTIN_PLUGIN:
+                reason = "the core's own providers cannot be disabled"
+            elif owner is not None:
+                reason = f"that is a distribution; its plugin is named {owner!r}"
+            else:
+                names = sorted(info.name for info in self.plugins.values() if info.source != "builtin")
+                close = difflib.get_close_matches(name, names, n=1)
+                reason = (f"no installed plugin has that name{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                          f"plugins: {', '.join(names) or 'none'}")
+            log.warning("dpx: DPX_DISABLE_PLUGINS names %r, which disables nothing: %s", name, reason)
 
     def register(
         self,
@@ -328,22 +384,44 @@ class Plugins:
             return candidates[0]
         kind = kind_of(registry)
         if not candidates:
-            raise UnknownComponentError(self._unknown_message(kind, name, offers))
+            raise UnknownComponentError(self._unknown_message(registry, name, offers))
         owners = ", ".join(f"{info.name!r} ({c.path})" for info, c in candidates)
         choices = " or ".join(f"'{info.name}:{name}'" for info, _ in candidates)
         raise AmbiguousComponentError(f"{kind} {name!r} is offered by several plugins: {owners}; choose one with {choices}")
 
-    def _unknown_message(self, kind: str, name: str, offers: dict[str, list]) -> str:
+    def _unknown_message(self, registry: str, name: str, offers: dict[str, list]) -> str:
+        kind = kind_of(registry)
+        bare = name.rpartition(":")[2]
         available = sorted(offers)
         message = f"unknown {kind} {name!r}"
-        close = difflib.get_close_matches(name.rpartition(":")[2], available, n=1)
+        close = difflib.get_close_matches(bare, available, n=1)
         if close:
             message += f" (did you mean {close[0]!r}?)"
         message += f"; available: {', '.join(available) if available else 'none'}."
+        owner = next((p for p in FIRST_PARTY if p.offers_name(registry, bare)), None)
+        installed = self.plugins.get(owner.plugin) if owner else None
+        owner_disabled = installed is not None and installed.status == "disabled"
+        if owner and installed is None:
+            message += f" {kind.capitalize()} {bare!r} comes with the {owner.distribution} plugin: pip install {owner.distribution}."
+        elif owner_disabled:
+            message += f" {kind.capitalize()} {bare!r} comes with the plugin {owner.plugin!r}, disabled by DPX_DISABLE_PLUGINS."
+        disabled = sorted(info.name for info in self.plugins.values() if info.status == "disabled")
+        if disabled and not owner_disabled:
+            message += f" Disabled by DPX_DISABLE_PLUGINS: {', '.join(disabled)}."
         broken = [info.name for info in self.plugins.values() if info.status == "error"]
         if broken:
             message += f" Plugins that failed to load: {', '.join(broken)} (see `python -m dpx plugins`)."
         return message
+
+    def install_hint(self) -> str:
+        """What to install to get simulators and networks, when no plugin is installed at all."""
+        if any(info.source != "builtin" for info in self.plugins.values()):
+            return ""
+        lines = ["No plugin is installed: simulators, networks and viewers come as plugins. First-party ones:"]
+        width = max(len(p.distribution) for p in FIRST_PARTY)
+        lines += [f"  {p.distribution.ljust(width)}  {p.summary}" for p in FIRST_PARTY]
+        lines.append("For example: pip install dpx-toy dpx-torch")
+        return "\n".join(lines)
 
     def load(self, registry: str, name: str) -> Any:
         """Import and return the object registered as ``name`` in ``registry``."""
@@ -351,18 +429,43 @@ class Plugins:
         key = (info.name, component.path)
         if key not in self._loaded:
             try:
-                self._loaded[key] = component.load()
+                obj = component.load()
             except Exception as exc:
                 raise PluginError(
                     f"{kind_of(registry)} {name!r} of plugin {info.name!r} could not be loaded "
                     f"from {component.path!r}: {_describe(exc)}"
                 ) from exc
+            broken = contract_breach(registry, obj)
+            if broken:
+                contract = hookspecs.CONTRACTS["dpx_" + registry]
+                raise PluginError(
+                    f"{kind_of(registry)} {name!r} of plugin {info.name!r} ({component.path}) {broken}; "
+                    f"a {kind_of(registry)} must be {contract.summary} (see dpx/hookspecs.py, dpx_{registry})"
+                )
+            self._loaded[key] = obj
         return self._loaded[key]
 
     @staticmethod
     def _check_registry(registry: str) -> None:
         if registry not in REGISTRIES:
             raise ValueError(f"unknown registry {registry!r}; registries are {', '.join(REGISTRIES)}")
+
+
+def contract_breach(registry: str, obj: Any) -> str | None:
+    """What ``obj`` lacks to be a component of ``registry`` (see ``hookspecs.CONTRACTS``), or None."""
+    contract = hookspecs.CONTRACTS["dpx_" + registry]
+    if not isinstance(obj, type):
+        what = "a function" if callable(obj) else f"a {type(obj).__name__}"
+        return f"is {what}, not a class"
+    if contract.base is not None:
+        base = Component(contract.base).load()
+        if not issubclass(obj, base):
+            return f"is not a subclass of {base.__module__}.{base.__qualname__}"
+    # looked up in the classes themselves: every class answers getattr(cls, "__call__") through its metaclass
+    missing = [method for method in contract.methods if not any(method in vars(k) for k in obj.__mro__[:-1])]
+    if missing:
+        return f"has no method {', '.join(missing)}"
+    return None
 
 
 _plugins: Plugins | None = None

@@ -13,6 +13,10 @@
   dataset as in-process, failures retried, refused samples, predictions and
   viewers across processes), so a new runner plugin is tested like the
   built-in ``multiprocess`` one and dpx-ray.
+* :class:`StorageChecks`, :class:`NetworkBackendChecks`, :func:`check_loss`,
+  :func:`check_transform`, :func:`check_stats_writer` and
+  :func:`check_visualizer` (from :mod:`dpx.conformance`) do the same for every
+  other kind of component.
 * The ``dpx_plugin`` pytest fixture registers a plugin for one test. It is
   available in every test once dpx is installed (dpx registers this module as
   a pytest plugin).
@@ -32,6 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dpx.conformance import (  # noqa: F401  the kits of every hook, offered here with the runner's
+    NetworkBackendChecks,
+    StorageChecks,
+    check_loss,
+    check_stats_writer,
+    check_transform,
+    check_visualizer,
+)
 
 HEAVY_MODULES = ("torch", "tensorflow", "jax", "vedo", "vtk", "ray", "tensorboard", "Sofa", "SofaRuntime")
 

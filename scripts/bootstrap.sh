@@ -11,9 +11,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install -c constraints.txt hatchling editables
+# The core was distributed as `dpx` before (a name taken on the package index by
+# another project): a .venv made then still holds it, beside dpx-core.
+if .venv/bin/python -c 'import importlib.metadata as m; m.distribution("dpx")' 2>/dev/null; then
+    "${PIP[@]}" uninstall -y dpx
+fi
 editables=(-e .)
-for plugin in plugins/*/; do
+plugins=(plugins/*/)
+for plugin in "${plugins[@]}"; do
     editables+=(-e "$plugin")
 done
-echo "dpx: installing the core and ${#editables[@]} distributions into .venv (editable)"
+echo "dpx: installing the core (dpx-core) and ${#plugins[@]} plugins into .venv (editable)"
 "${PIP[@]}" install --no-build-isolation -c constraints.txt "${editables[@]}" pytest hypothesis

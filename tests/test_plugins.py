@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import dpx
-from dpx.plugins import AmbiguousComponentError, PluginError, Plugins, UnknownComponentError
+from dpx.plugins import FIRST_PARTY, AmbiguousComponentError, PluginError, Plugins, UnknownComponentError
+from dpx.cli import main
 from dpx.testing import assert_light_import
 
 
@@ -60,6 +61,7 @@ def site(tmp_path, monkeypatch):
 def test_builtins_are_listed_like_plugins():
     plugins = Plugins(entry_points=False)
     assert plugins.plugins["dpx"].source == "builtin"
+    assert (plugins.plugins["dpx"].distribution, plugins.plugins["dpx"].version) == ("dpx-core", dpx.__version__)
     assert "inprocess" in plugins.names("runners")
     assert plugins.load("runners", "inprocess").__name__ == "InProcessRunner"
 
@@ -211,3 +213,144 @@ def test_fixture_registers_for_one_test(dpx_plugin):
 
 def test_fixture_unregistered_after_the_test():
     assert "fixture.env" not in dpx.plugins.get_plugins().names("environments")
+
+
+def test_missing_first_party_plugin_says_what_to_install():
+    core_alone = Plugins(entry_points=False)
+    with pytest.raises(UnknownComponentError, match=r"unknown network backend 'torch'; available: none\. "
+                       r"Network backend 'torch' comes with the dpx-torch plugin: pip install dpx-torch\.$"):
+        core_alone.load("network_backends", "torch")
+    with pytest.raises(UnknownComponentError, match=r"'toy\.spring' comes with the dpx-toy plugin: pip install dpx-toy"):
+        core_alone.load("environments", "toy.spring")
+    with pytest.raises(UnknownComponentError) as raised:
+        core_alone.load("environments", "mine.spring")
+    assert "pip install" not in str(raised.value), "only first-party names have a known distribution"
+
+
+def test_plugins_command_with_the_core_alone_says_how_to_get_plugins(monkeypatch, capsys):
+    monkeypatch.setattr(dpx.plugins, "_plugins", Plugins(entry_points=False))
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "No plugin is installed" in out and "pip install dpx-toy dpx-torch" in out
+    assert all(plugin.distribution in out for plugin in FIRST_PARTY)
+
+
+def test_plugins_command_gives_no_install_hint_once_a_plugin_is_installed(site, monkeypatch, capsys):
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    monkeypatch.setattr(dpx.plugins, "_plugins", Plugins())
+    assert main(["plugins"]) == 0
+    assert "No plugin is installed" not in capsys.readouterr().out
+
+
+def test_first_party_catalogue_matches_what_the_installed_plugins_offer():
+    plugins = Plugins(strict=False)
+    checked = []
+    for entry in FIRST_PARTY:
+        info = plugins.plugins.get(entry.plugin)
+        if info is None or info.status != "ok":
+            continue
+        assert info.distribution == entry.distribution
+        offered = {(registry, name) for registry, names in info.provides.items() for name in names}
+        assert all(entry.offers_name(registry, name) for registry, name in offered), (entry.plugin, offered)
+        for registry, patterns in entry.offers.items():
+            for pattern in patterns:
+                assert any(r == registry and entry.offers_name(r, name) for r, name in offered), (entry.plugin, pattern)
+        checked.append(entry.plugin)
+    assert {"toy", "torch"} <= set(checked), checked
+
+
+def test_unknown_name_while_plugins_are_disabled_says_so(site, monkeypatch):
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    monkeypatch.setenv("DPX_DISABLE_PLUGINS", "pend")
+    with pytest.raises(UnknownComponentError, match=r"Disabled by DPX_DISABLE_PLUGINS: pend\."):
+        Plugins().load("environments", "pend.simple")
+
+
+def test_disabling_a_name_that_matches_no_plugin_warns(site, monkeypatch, caplog):
+    make_distribution(site, "dpx-pend", {"pend": "pend_plugin"}, {"pend_plugin": GOOD, "pend_impl": IMPL})
+    monkeypatch.setenv("DPX_DISABLE_PLUGINS", "pendd,dpx-pend,dpx")
+    with caplog.at_level("WARNING", logger="dpx.plugins"):
+        plugins = Plugins()
+    assert plugins.plugins["pend"].status == "ok"
+    warnings = "\n".join(record.getMessage() for record in caplog.records)
+    assert "'pendd', which disables nothing: no installed plugin has that name (did you mean 'pend'?)" in warnings
+    assert "'dpx-pend', which disables nothing: that is a distribution; its plugin is named 'pend'" in warnings
+    assert "'dpx', which disables nothing: the core's own providers cannot be disabled" in warnings
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="dpx.plugins"):
+        Plugins(disabled=["pend"])
+    assert not caplog.records
+
+
+BROKEN_COMPONENTS = """
+import dpx
+
+class NoHistogram:
+    def __init__(self, stats_dir):
+        pass
+    def scalar(self, tag, value, step):
+        pass
+    def close(self):
+        pass
+
+def plain_loss(prediction, target):
+    return ((prediction - target) ** 2).mean()
+
+class NotAnEnvironment:
+    def step(self):
+        pass
+
+class HalfStorage:
+    def __init__(self, path, *, readonly=True, max_file_bytes=1):
+        pass
+    def count(self, mode):
+        return 0
+
+@dpx.hookimpl
+def dpx_stats_writers():
+    return {"nohist": "broken_plugin:NoHistogram"}
+
+@dpx.hookimpl
+def dpx_losses():
+    return {"plain": "broken_plugin:plain_loss"}
+
+@dpx.hookimpl
+def dpx_environments():
+    return {"broken.env": "broken_plugin:NotAnEnvironment", "pend.simple": "pend_impl:Pendulum"}
+
+@dpx.hookimpl
+def dpx_storage_backends():
+    return {"half": "broken_plugin:HalfStorage"}
+"""
+
+
+@pytest.mark.parametrize("registry, name, breach", [
+    ("stats_writers", "nohist", "has no method histogram; a stats writer must be a class built as cls(stats_dir)"),
+    ("losses", "plain", "is a function, not a class; a loss must be a class built as cls(**loss_kwargs)"),
+    ("environments", "broken.env", "is not a subclass of dpx.core.environment.Environment"),
+    ("storage_backends", "half", "has no method layout, add_mode, append, commit, read, reader, refresh, close"),
+])
+def test_component_breaking_its_contract_is_one_line_naming_plugin_and_what_is_missing(site, registry, name, breach):
+    (site / "broken_plugin.py").write_text(BROKEN_COMPONENTS)
+    (site / "pend_impl.py").write_text(textwrap.dedent(IMPL))
+    plugins = Plugins(entry_points=False, dev_modules=["broken_plugin"])
+    with pytest.raises(PluginError) as raised:
+        plugins.load(registry, name)
+    message = str(raised.value)
+    assert f"{name!r} of plugin 'broken_plugin' (broken_plugin:" in message and breach in message, message
+    assert "\n" not in message and f"dpx_{registry}" in message
+
+
+def test_cli_reports_a_storage_breaking_its_contract_as_one_error_line(site, tmp_path):
+    (site / "broken_plugin.py").write_text(BROKEN_COMPONENTS)
+    (site / "pend_impl.py").write_text(textwrap.dedent(IMPL))
+    config = tmp_path / "job.toml"
+    config.write_text('[environment]\nenvironment_class = "pend.simple"\n[database]\nstorage = "half"\n'
+                      f'[pipeline]\nsession_dir = "{tmp_path / "sessions"}"\nbatch_nb = 1\nbatch_size = 2\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "DPX_PLUGINS": "broken_plugin"}
+    result = subprocess.run([sys.executable, "-m", "dpx", "generate", str(config), "--no-progress"],
+                            capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("dpx generate: error: storage backend 'half' of plugin 'broken_plugin'"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

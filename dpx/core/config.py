@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dpx.core import renames
+
 DATABASE_MODES = ("training", "validation", "prediction")
 #: Stream number of each mode in the per-sample seeding (see dpx.core.producer).
 MODE_STREAMS = {mode: index for index, mode in enumerate(DATABASE_MODES)}
@@ -87,6 +89,7 @@ def _require(config: Any, condition: bool, name: str, message: str) -> None:
         raise ConfigError(f"{type(config).__name__}: {name}={getattr(config, name)!r}: {message}")
 
 
+@renames.deepphysx_names
 @dataclass
 class EnvironmentConfig:
     """How to build and run the simulations.
@@ -224,6 +227,7 @@ class DatabaseConfig:
         return max(1, int(self.max_file_size * 1e9))
 
 
+@renames.deepphysx_names
 @dataclass
 class NetworkConfig:
     """The network, its optimisation and its data transformation.
@@ -279,10 +283,12 @@ def from_mapping(target: Any, data: Mapping[str, Any], where: str, exclude: Iter
     else:
         known = set(inspect.signature(target).parameters) - {"self"}
     known -= set(exclude)
+    known |= set(renames.RENAMED.get(getattr(target, "__name__", ""), ()))  # the constructor translates them
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = f": {renames.hint(target.__name__, key)}." if renames.hint(target.__name__, key) else hint
             raise ConfigError(f"{where}: unknown parameter {key!r}{hint} Valid: {', '.join(sorted(known))}")
     try:
         return target(**data)

@@ -168,18 +168,19 @@ class Environment:
 
     # -- data ----------------------------------------------------------------------
 
-    def define_training_fields(self, *fields: Any) -> None:
+    def define_training_fields(self, *specs: Any, fields: Any = None) -> None:
         """Declare the fields the network trains on, replacing ``input``/``ground_truth``.
 
-        Each field is ``"name"``, ``("name", dtype)`` or ``("name", dtype, shape)``.
+        Each field is ``"name"``, ``("name", dtype)`` or ``("name", dtype, shape)``;
+        DeepPhysX's ``fields=[...]`` (or ``fields=("name", np.ndarray)``) works too.
         """
-        parsed = [Field.parse(spec, training=True) for spec in _flatten(fields)]
+        parsed = [Field.parse(spec, training=True) for spec in _flatten(specs, fields)]
         self._fields = {name: f for name, f in self.fields.items() if not f.training}
         self._add_fields(parsed)
 
-    def define_additional_fields(self, *fields: Any) -> None:
+    def define_additional_fields(self, *specs: Any, fields: Any = None) -> None:
         """Declare extra fields stored with each sample but not fed to the network."""
-        self._add_fields(Field.parse(spec, training=False) for spec in _flatten(fields))
+        self._add_fields(Field.parse(spec, training=False) for spec in _flatten(specs, fields))
 
     def set_training_data(self, **arrays: Any) -> None:
         """Hand the arrays of the current sample's training fields to dpx (no copy is made)."""
@@ -282,8 +283,11 @@ class Environment:
         return f"<{type(self).__name__} instance {self.instance_id}/{self.instance_nb}>"
 
 
-def _flatten(fields: tuple[Any, ...]) -> list[Any]:
-    """Accept both ``define_training_fields(a, b)`` and DeepPhysX's ``define_training_fields([a, b])``."""
-    if len(fields) == 1 and isinstance(fields[0], list):
-        return list(fields[0])
-    return list(fields)
+def _flatten(specs: tuple[Any, ...], fields: Any = None) -> list[Any]:
+    """Accept ``define_training_fields(a, b)`` and DeepPhysX's ``define_training_fields([a, b])``
+    and ``define_training_fields(fields=[a, b])`` (or ``fields=a``)."""
+    if fields is not None:
+        specs = (*specs, *(fields if isinstance(fields, list) else [fields]))
+    if len(specs) == 1 and isinstance(specs[0], list):
+        return list(specs[0])
+    return list(specs)

@@ -202,3 +202,12 @@ def test_serves_a_session_on_loopback(tmp_path: Path) -> None:
         server.terminate()
         server.wait(timeout=30)
         server.stdout.close()
+
+
+def test_passes_the_stats_writer_kit(tmp_path: Path) -> None:
+    def read_back(stats_dir: Path) -> dict[str, list[tuple[int, float]]]:
+        accumulator = read_events(stats_dir / "tensorboard")
+        return {tag: scalars(accumulator, tag) for tag in accumulator.Tags()["scalars"]}
+
+    stats = dpx.testing.check_stats_writer("tensorboard", tmp_path, read_back)
+    assert len(list((stats / "tensorboard").iterdir())) == 2, "each run adds its own event file"

@@ -276,3 +276,22 @@ def test_entry_point_is_registered() -> None:
         assert [info.name for info, _ in offers[name]] == ["toy"]
     assert plugins.load("environments", "toy.mean") is Mean
     assert plugins.load("environments", "toy:toy.heat") is Heat
+
+
+def test_disabled_plugin_is_named_when_its_environment_is_used() -> None:
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "DPX_DISABLE_PLUGINS": "toy"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dpx", "generate", str(root / "examples" / "spring_generate.toml"), "--dry-run"],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        "Environment 'toy.spring' comes with the plugin 'toy', disabled by DPX_DISABLE_PLUGINS."
+    ), result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(ENV_NAMES))
+def test_passes_the_environment_kit(name: str) -> None:
+    batch = dpx.testing.check_environment(name, samples=3)
+    assert set(batch) >= {"input", "ground_truth"}

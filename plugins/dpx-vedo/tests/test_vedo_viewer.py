@@ -244,3 +244,10 @@ def test_a_pipeline_with_the_vedo_viewer_writes_frames(tmp_path) -> None:
     assert len(pictures) == 3  # 6 samples, one drawn in 2
     assert all(coloured(picture, 0) > 50 for picture in pictures)
     assert not np.array_equal(pictures[0], pictures[-1])
+
+
+def test_passes_the_visualizer_kit(tmp_path) -> None:
+    with pytest.warns(RuntimeWarning, match="environment 0 has no visual object 999"):
+        viewer = dpx.testing.check_visualizer("vedo", {**OFFSCREEN, "frames_dir": str(tmp_path), "queue_size": 16})
+    assert viewer.frames_sent + viewer.frames_dropped == 10
+    assert len(frames(tmp_path)) == viewer.frames_sent > 0
