@@ -27,6 +27,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from dpx.cli import _parser, main
+from dpx.cli import _parse, _parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "examples" / "README.md", ROOT / "examples" / "dpx-pendulum" / "README.md",
@@ -182,7 +183,7 @@ def check_dpx_command(block: Block, args: list[str], cwd: Path, monkeypatch) -> 
             _parser().parse_args(args)
         assert exited.value.code == 0, f"{block}: dpx {' '.join(args)}"
         return
-    parsed = _parser().parse_args(args)  # exits (fails the test) on an unknown option or command
+    parsed = _parse(_parser(), args)  # exits (fails the test) on an unknown option or command
     if parsed.command in JOBS:
         assert (ROOT / parsed.config).exists(), f"{block}: {parsed.config} does not exist"
         monkeypatch.chdir(cwd)
@@ -190,12 +191,31 @@ def check_dpx_command(block: Block, args: list[str], cwd: Path, monkeypatch) -> 
         monkeypatch.chdir(ROOT)
 
 
+@pytest.fixture(scope="module")
+def example_sessions(tmp_path_factory) -> Path:
+    """A folder holding small real runs of the example jobs, so a documented job's ``--dry-run``
+    checks what a real run would (the dataset it trains on, the network it predicts with)."""
+    folder = tmp_path_factory.mktemp("examples-run")
+    (folder / "examples").symlink_to(ROOT / "examples")
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        for job in (["generate", "examples/spring_generate.toml", "pipeline.batch_nb=4"],
+                    ["generate", "examples/spring_generate.toml", "pipeline.batch_nb=1", 'database.mode="validation"'],
+                    ["train", "examples/spring_train.toml", "pipeline.epoch_nb=1"]):
+            assert main([*job, "--no-progress"]) == 0, job
+    finally:
+        os.chdir(previous)
+    return folder
+
+
 @pytest.mark.parametrize("block", of("bash", "sh"))
-def test_shell_block(block: Block, tmp_path, monkeypatch):
+def test_shell_block(block: Block, tmp_path, monkeypatch, example_sessions):
     monkeypatch.chdir(ROOT)
     for key in [key for key in os.environ if key.startswith("DPX_")]:
         monkeypatch.delenv(key)
-    (tmp_path / "examples").symlink_to(ROOT / "examples")  # jobs read their configs from here, write in tmp_path
+    tmp_path.rmdir()  # jobs read their configs from examples/ and find the example sessions, written in tmp_path
+    shutil.copytree(example_sessions, tmp_path, symlinks=True)
     for words in commands(block.code):
         module = python_module(words)
         if module is not None:
