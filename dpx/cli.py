@@ -126,7 +126,7 @@ def _dry_run(pipeline) -> int:
     environment_config = getattr(pipeline, "environment_config", None)
     if environment_config is not None:
         cls = environment_config.resolve_environment()
-        get_plugins().load("runners", environment_config.runner)
+        get_plugins().load("runners", environment_config.runner).check_options(environment_config)
         checked.append(f"environment {environment_config.environment_name} -> {cls.__module__}.{cls.__qualname__}")
         checked.append(f"runner {environment_config.runner}")
     network_config = getattr(pipeline, "network_config", None)
@@ -141,7 +141,7 @@ def _worker(args: argparse.Namespace) -> int:
     from dpx.core.worker import authkey_from_environment, run
 
     host, sep, port = args.connect.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--connect {args.connect!r} must look like HOST:PORT")
     run(host or "127.0.0.1", int(port), authkey_from_environment())
     return 0

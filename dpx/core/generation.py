@@ -81,6 +81,7 @@ class DataGeneration:
 
         # resolve names first: a typo must not leave an empty session behind
         runner_class = get_plugins().load("runners", self.environment_config.runner)
+        runner_class.check_options(self.environment_config)
         self.environment_config.resolve_environment()
         session = self._open_session()
         self.session_path = session.path

@@ -125,6 +125,7 @@ class Prediction:
         from dpx.plugins import get_plugins
 
         runner_class = get_plugins().load("runners", self.environment_config.runner)
+        runner_class.check_options(self.environment_config)
         self.environment_config.resolve_environment()
         session = Session.start(self.session_dir, self.session_name, self.new_session)
         self.session_path = session.path

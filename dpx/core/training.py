@@ -161,6 +161,7 @@ class Training:
             from dpx.plugins import get_plugins
 
             runner_class = get_plugins().load("runners", self.environment_config.runner)
+            runner_class.check_options(self.environment_config)
             self.environment_config.resolve_environment()
         session, database = self._open()
         self.session_path = session.path
