@@ -195,6 +195,7 @@ def test_a_script_without_the_main_guard_is_told_to_add_it(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode != 0
     assert "ConfigError: worker" in result.stderr and 'under `if __name__ == "__main__":`' in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "unguarded.py"], "a worker wrote a session of its own"
 
 
 def test_keys_are_never_written_and_must_be_long(tmp_path):

@@ -133,7 +133,9 @@ class MultiprocessRunner(RemoteRunner):
 
     @classmethod
     def check_options(cls, config: Any) -> None:
-        parse_options(MultiprocessOptions, config.runner_kwargs, "multiprocess")
+        """Refuse bad options; in a worker re-running an unguarded script, exit before the job writes anything."""
+        if parse_options(MultiprocessOptions, config.runner_kwargs, "multiprocess").spawn:
+            exit_if_bootstrapping()
 
     def start(self) -> dict[str, Field]:
         self.options = parse_options(MultiprocessOptions, self.config.runner_kwargs, "multiprocess")

@@ -455,6 +455,10 @@ class Listener:
 
     def close(self) -> None:
         self._closed = True
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread: close alone would not
+        except OSError:
+            pass
         self.server.close()
         for arrival in self.take():
             arrival[0].close()
