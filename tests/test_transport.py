@@ -176,6 +176,8 @@ def test_a_worker_stopping_in_the_middle_of_a_message_is_a_hang():
     (struct.pack("!I", 100_000) + b"[" * 100_000, r"malformed message header"),
     (frame({"type": "samples", "arrays": {"secret": {"__array__": 0, "dtype": "<f4", "shape": [4]}}}, np.ones(4, "f4")),
      r"array arrays/secret is no declared field"),
+    (frame({"type": "samples", "stats": {}, "arrays": {"input": {"__array__": 0, "dtype": "<f4", "shape": [4, 3]}}},
+           np.ones((4, 3), "f4")), r"sent fields \['input'\], not the declared \['ground_truth', 'input'\]"),
 ])
 def test_a_malformed_answer_is_that_workers_failure(answer, reason):
     runner, thread, outcome = start_runner()

@@ -141,12 +141,11 @@ class MultiprocessRunner(RemoteRunner):
         self.options = parse_options(MultiprocessOptions, self.config.runner_kwargs, "multiprocess")
         if self.options.spawn:
             exit_if_bootstrapping()
-        self.portable = self.config.portable()
+        self.portable = {**self.config.portable(), "runner_kwargs": {}}  # the workers need none of it (the key)
         given = self.options.authkey is not None
         self.authkey = transport.parse_authkey(self.options.authkey, "authkey") if given else transport.new_authkey()
         self._prepare(self.options.max_restarts)
         self.predictor = None
-        self._sample_fields: set[str] | None = None
         self.visualizer = make_visualizer(self.config)
         try:
             self.listener = transport.Listener(self.options.host, self.options.port, self.authkey,
@@ -425,11 +424,8 @@ class MultiprocessRunner(RemoteRunner):
             arrays, stats, refused = message.get("arrays"), message.get("stats"), message.get("refused", [])
             if not (isinstance(arrays, dict) and _is_counts(stats) and _are_samples(refused)):
                 raise _Failure(worker, "sent a malformed 'samples' message")
-            names = set(arrays)
-            if self._sample_fields is None:
-                self._sample_fields = names
-            if names != self._sample_fields or not all(isinstance(a, np.ndarray) for a in arrays.values()):
-                raise _Failure(worker, f"sent fields {sorted(names)}, not {sorted(self._sample_fields)}")
+            if set(arrays) != set(self._fields) or not all(isinstance(a, np.ndarray) for a in arrays.values()):
+                raise _Failure(worker, f"sent fields {sorted(arrays)[:20]}, not the declared {sorted(self._fields)}")
             if refused and self.on_wrong_sample is None:
                 raise _Failure(worker, "sent refused samples nobody asked for")
             worker.stats = stats
