@@ -493,11 +493,12 @@ def _on_loopback(address: str | None, init_kwargs: dict[str, Any]) -> Iterator[N
     a local Ray, and leaves joining a cluster, or a node address the user
     gave, as they are.
     """
-    from ray._private import ray_constants, services
+    try:  # Ray's private modules: if they change, Ray starts as it would anyway
+        from ray._private import ray_constants, services
 
-    try:
         starting = "_node_ip_address" not in init_kwargs and services.canonicalize_bootstrap_address(address) is None
-    except Exception:  # noqa: BLE001 - a malformed address: ray.init reports it
+        starting = starting and hasattr(ray_constants, "ENABLE_RAY_CLUSTER")
+    except Exception:  # noqa: BLE001 - also a malformed address, which ray.init reports
         starting = False
     if not starting:
         yield
