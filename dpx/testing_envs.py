@@ -77,6 +77,17 @@ class Slow(Noise):
         super().step()
 
 
+class Verbose(Noise):
+    """Raises an error whose message is ``size`` characters long."""
+
+    def __init__(self, size: int = 2_000_000):
+        super().__init__()
+        self.message_size = size
+
+    def step(self):
+        raise RuntimeError("x" * self.message_size)
+
+
 class Misshapen(Noise):
     """Breaks its contract once, at its ``at``-th step: a field of the wrong shape. A restarted
     worker counts from zero again and would not repeat it."""

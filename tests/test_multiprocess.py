@@ -178,6 +178,14 @@ def test_every_failure_is_reported_with_its_own_traceback_and_pid(checks, caplog
         assert "Worker traceback:" in report and "in break_down" in report, report
 
 
+def test_an_error_too_long_to_travel_whole_is_still_reported(checks):
+    from dpx.testing_envs import Verbose
+
+    with pytest.raises(WorkerError, match=r"(?s)worker 0 \(pid \d+\) raised EnvironmentFailure: .*Worker traceback:") as caught:
+        checks.generate(Verbose, workers=1, runner_kwargs={"max_restarts": 0})
+    assert len(str(caught.value)) < 100_000
+
+
 def test_contract_errors_stop_the_run_as_in_process(checks):
     assert re.search(r"\(in worker \d \(pid \d+\)\)$", checks.contract_errors())
 

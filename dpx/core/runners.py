@@ -81,10 +81,15 @@ def parse_options(cls: type[Options], options: dict[str, Any], runner: str) -> O
 CONTRACT_ERRORS: tuple[type[Exception], ...] = (FieldError, SampleError, ConfigError, PluginError)
 
 
+#: Most characters of an error message, and of a traceback's end, that travel back from a worker.
+ERROR_CHARS, TRACEBACK_CHARS = 4_000, 64_000
+
+
 def describe_failure(exc: BaseException) -> dict[str, str]:
-    """An exception raised in a worker, as it travels to the runner: message, traceback and,
-    for a :data:`CONTRACT_ERRORS` one, its class (``contract``)."""
-    report = {"error": f"{type(exc).__name__}: {exc}", "traceback": "".join(traceback.format_exception(exc))}
+    """An exception raised in a worker, as it travels to the runner: message, traceback (their ends
+    when very long, as a deep recursion's are) and, for a :data:`CONTRACT_ERRORS` one, its class (``contract``)."""
+    error, trace = f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
+    report = {"error": error[:ERROR_CHARS], "traceback": trace[-TRACEBACK_CHARS:]}
     if isinstance(exc, CONTRACT_ERRORS):
         report["contract"] = next(cls.__name__ for cls in CONTRACT_ERRORS if isinstance(exc, cls))
     return report
@@ -94,7 +99,7 @@ def raise_contract_error(who: str, report: dict[str, Any]) -> None:
     """Raise, as in-process, the contract error a worker reported (``describe_failure``); else nothing."""
     cls = {cls.__name__: cls for cls in CONTRACT_ERRORS}.get(report.get("contract"))
     if cls is not None:
-        message = str(report.get("error", ""))
+        message = str(report.get("error", ""))[:ERROR_CHARS]
         raise cls(f"{message.partition(': ')[2] or message} (in {who})")
 
 
