@@ -129,6 +129,29 @@ def test_a_silent_client_is_dropped_after_the_handshake_deadline(caplog):
     assert "no handshake within 1s" in caplog.text
 
 
+def test_a_flood_of_silent_clients_delays_a_worker_but_does_not_shut_it_out():
+    runner, thread, outcome = start_runner(start_timeout=30)
+    flood = [socket.create_connection(runner.address) for _ in range(transport.Listener.MAX_HANDSHAKES + 4)]
+    joined: dict = {}
+
+    def join():
+        try:
+            joined["channel"] = fake_worker(runner.address)
+        except (OSError, EOFError, transport.ProtocolError) as exc:
+            joined["error"] = exc
+
+    joiner = threading.Thread(target=join, daemon=True)
+    joiner.start()
+    time.sleep(0.5)  # the worker is now queued behind the flood
+    for sock in flood:
+        sock.close()
+    joiner.join(20)
+    thread.join(20)
+    assert "channel" in joined and "error" not in outcome, (joined, outcome)
+    joined["channel"].close()
+    runner.close()
+
+
 def test_refused_connections_are_logged_at_a_bounded_rate(caplog):
     runner, thread, outcome = start_runner(start_timeout=30)
     with caplog.at_level(logging.WARNING, logger="dpx"):
@@ -207,6 +230,7 @@ def test_a_malformed_answer_is_restarted_within_the_budget():
     batch = produce_against(first, runner, b"\x00\x00\x00\x05nope!")
     joiner.join(20)
     assert batch["input"].shape == (4, 3) and runner.restarts == 1
+    replacement["channel"].close()
     runner.close()
 
 

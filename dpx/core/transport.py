@@ -402,7 +402,8 @@ class Listener:
 
     Each handshake (the challenge, then the peer's ``hello`` message) runs in
     its own thread under ``handshake_timeout``, so a peer that connects and
-    stalls delays nobody; at most ``MAX_HANDSHAKES`` run at once. Authenticated
+    stalls delays nobody; at most ``MAX_HANDSHAKES`` run at once, later peers
+    waiting in the listen backlog meanwhile. Authenticated
     peers queue up for :meth:`take`; :meth:`fileno` becomes readable when one
     arrives, for ``multiprocessing.connection.wait``. Refused connections are
     logged at most once per ``REFUSAL_LOG_SECONDS``, with a count of the others.
@@ -467,15 +468,12 @@ class Listener:
 
     def _accept(self) -> None:
         while True:
+            self._handshakes.acquire()  # at capacity, newcomers wait in the backlog: a flood delays, never refuses
             try:
                 sock, address = self.server.accept()
             except OSError:
                 return  # closed
             peer = f"{address[0]}:{address[1]}"
-            if not self._handshakes.acquire(blocking=False):
-                sock.close()
-                self.refuse(peer, f"{self.MAX_HANDSHAKES} handshakes already in progress")
-                continue
             threading.Thread(target=self._handshake, args=(sock, peer), name="dpx-handshake", daemon=True).start()
 
     def _handshake(self, sock: socket.socket, peer: str) -> None:
