@@ -132,6 +132,22 @@ def test_a_hand_started_worker_without_the_key_says_what_to_do():
         thread.join(30)
 
 
+def test_a_hand_started_worker_finding_no_free_slot_says_so(tmp_path):
+    key = os.urandom(32).hex()
+    runner, thread, outcome = start_waiting_runner({"authkey": key, "start_timeout": 30})
+    env = {**os.environ, "DPX_AUTHKEY": key, "PYTHONPATH": os.pathsep.join(sys.path)}
+    address = "%s:%d" % tuple(runner.address)
+    first = subprocess.Popen([sys.executable, "-m", "dpx", "worker", "--connect", address], env=env)
+    thread.join(30)
+    try:
+        late = subprocess.run([sys.executable, "-m", "dpx", "worker", "--connect", address], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert late.returncode == 2 and "it had no free worker slot" in late.stderr, late.stderr
+    finally:
+        runner.close()
+        assert first.wait(10) == 0
+
+
 def test_an_impostor_connecting_first_does_not_take_a_workers_slot(caplog):
     """Slots go to the processes started for them: a peer holding the key but not a slot's token is refused."""
     from dpx.testing_envs import Noise

@@ -185,7 +185,13 @@ class MultiprocessRunner(RemoteRunner):
         A worker that fails meanwhile is restarted within ``max_restarts``; one
         whose process exits before connecting is noticed at once.
         """
-        waiting = {worker.instance_id: worker for worker in workers}
+        self.listener.admit(True)
+        try:
+            self._wait_ready({worker.instance_id: worker for worker in workers})
+        finally:
+            self.listener.admit(False)
+
+    def _wait_ready(self, waiting: dict[int, _Worker]) -> None:
         while waiting:
             late = min(waiting.values(), key=lambda w: w.deadline)
             if late.deadline <= time.monotonic():

@@ -423,6 +423,7 @@ class Listener:
         self._last_logged = -float("inf")
         self._unlogged = 0
         self._closed = False
+        self._admitting = False
         threading.Thread(target=self._accept, name="dpx-listener", daemon=True).start()
 
     def fileno(self) -> int:
@@ -436,12 +437,26 @@ class Listener:
                 pass
         except BlockingIOError:
             pass
+        with self._lock:
+            return self._drain()
+
+    def _drain(self) -> list[tuple[Channel, dict[str, Any], str]]:
         arrivals = []
         while True:
             try:
                 arrivals.append(self._arrivals.get_nowait())
             except queue.Empty:
                 return arrivals
+
+    def admit(self, admitting: bool) -> None:
+        """Queue authenticated peers for :meth:`take` (while workers are being started), or turn them
+        away at once, so that none waits for work that will not come."""
+        with self._lock:
+            self._admitting = admitting
+            left = [] if admitting else self._drain()
+        for channel, _, peer in left:
+            channel.close()
+            self.refuse(peer, "no worker slot is free")
 
     def refuse(self, peer: str, reason: str) -> None:
         """Log a refused peer, or count it when one was logged less than ``REFUSAL_LOG_SECONDS`` ago."""
@@ -492,10 +507,14 @@ class Listener:
             return
         finally:
             self._handshakes.release()
-        if self._closed:
+        with self._lock:
+            admitted = self._admitting and not self._closed
+            if admitted:
+                self._arrivals.put((channel, hello, peer))
+        if not admitted:
             channel.close()
+            self.refuse(peer, "no worker slot is free")
             return
-        self._arrivals.put((channel, hello, peer))
         try:
             self._wake_writer.send(b"!")
         except OSError:

@@ -47,6 +47,10 @@ def serve(channel: transport.Channel) -> None:
 
     try:
         init = channel.receive()
+    except EOFError:
+        raise ConnectionError("the runner hung up before giving this worker an environment "
+                              "(it had no free worker slot, or was stopping)") from None
+    try:
         if init["type"] != "init":
             raise transport.ProtocolError(f"expected 'init', got {init['type']!r}")
         config = EnvironmentConfig(**init["config"])
