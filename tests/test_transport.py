@@ -249,7 +249,8 @@ def answers(draw) -> bytes:
     """A chunk's answer, valid or mutated: headers, placeholders, lengths, bytes."""
     kind = draw(st.sampled_from(["samples", "predict", "visual", "error", "ready", "applied", "hello"]))
     header = {"type": kind, **draw(st.dictionaries(
-        st.sampled_from(["arrays", "stats", "refused", "inputs", "updates", "error", "traceback", "contract"]),
+        st.sampled_from(["arrays", "stats", "refused", "inputs", "updates", "error", "traceback", "contract",
+                         "fields", "scene"]),
         JSON | PLACEHOLDER | st.dictionaries(st.sampled_from(["input", "ground_truth", "x"]), PLACEHOLDER, max_size=3),
         max_size=3))}
     data = frame(header) + draw(st.binary(max_size=64))
@@ -278,6 +279,22 @@ def test_fuzzed_answers_from_an_authenticated_peer_never_crash_the_runner(answer
         assert "(in worker 0 (pid" in str(exc)
     finally:
         runner.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answer=answers())
+def test_fuzzed_answers_to_init_never_crash_the_runner(answer):
+    runner, thread, outcome = start_runner(start_timeout=10)
+    channel = peer(runner.address)
+    try:
+        assert channel.receive(deadline=time.monotonic() + 10)["type"] == "init"
+        channel.sock.sendall(answer)
+    finally:
+        channel.close()
+    thread.join(20)
+    runner.close()
+    error = outcome.get("error")
+    assert not thread.is_alive() and (error is None or isinstance(error, (WorkerError, *CONTRACT_ERRORS))), error
 
 
 @settings(max_examples=300, deadline=None)
