@@ -171,7 +171,7 @@ def _worker(args: argparse.Namespace) -> int:
     from dpx.core.worker import authkey_from_environment, run
 
     host, sep, port = args.connect.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--connect {args.connect!r} must look like HOST:PORT")
     run(host or "127.0.0.1", int(port), authkey_from_environment())
     return 0

@@ -233,6 +233,24 @@ class RunnerChecks:
         stored = open_database(self.directory / f"run{self._runs}")
         assert stored.count() % 50 == 0 and np.isfinite(stored.read()["input"]).all()
 
+    def contract_errors(self) -> str:
+        """An environment breaking its contract (a field of the wrong shape) stops the run with the
+        error the in-process runner raises, instead of being restarted; returns the message."""
+        from dpx.core.environment import FieldError
+        from dpx.testing_envs import Misshapen
+
+        messages = []
+        for local in (True, False):
+            try:
+                self.generate(Misshapen, local=local, runner_kwargs={"max_restarts": 3})
+            except FieldError as exc:
+                messages.append(str(exc))
+            else:
+                raise AssertionError(f"{self.runner if not local else 'inprocess'} went on past a field of the wrong shape")
+        expected = messages[0].partition(": ")[2]  # the in-process message, less the instance named first
+        assert expected.split(" of sample")[0] in messages[1] and "has shape (4,)" in messages[1], messages
+        return messages[1]
+
     def stuck_start(self, start_timeout: float = 10.0) -> str:
         """An environment stuck building its simulation stops the run after ``start_timeout``; returns the message."""
         from dpx.core.runners import WorkerError

@@ -77,6 +77,32 @@ class Slow(Noise):
         super().step()
 
 
+class Verbose(Noise):
+    """Raises an error whose message is ``size`` characters long."""
+
+    def __init__(self, size: int = 2_000_000):
+        super().__init__()
+        self.message_size = size
+
+    def step(self):
+        raise RuntimeError("x" * self.message_size)
+
+
+class Misshapen(Noise):
+    """Breaks its contract once, at its ``at``-th step: a field of the wrong shape. A restarted
+    worker counts from zero again and would not repeat it."""
+
+    def __init__(self, at: int = 50):
+        super().__init__()
+        self.at, self.steps = at, 0
+
+    def step(self):
+        self.steps += 1
+        super().step()
+        if self.steps == self.at:
+            self.set_training_data(input=np.zeros(self.size + 1, np.float32))
+
+
 class Asking(dpx.Environment):
     """Asks the network from inside step(), then checks it is handed the same prediction back."""
 

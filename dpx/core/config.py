@@ -305,6 +305,8 @@ def as_record(config: Any) -> dict[str, Any]:
         value = getattr(config, f.name)
         if isinstance(value, type):
             value = f"{value.__module__}:{value.__qualname__}"
+        if f.name == "runner_kwargs" and "authkey" in value:
+            value = {**value, "authkey": "<not recorded>"}  # a key is never written to disk
         record[f.name] = value
     return record
 

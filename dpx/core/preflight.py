@@ -95,6 +95,9 @@ def check_environment(config: EnvironmentConfig, setup: SetUp) -> None:
         runner_class = plugins.load("runners", config.runner)
     except PluginError as exc:
         raise ConfigError(f"EnvironmentConfig: runner={config.runner!r}: {exc}") from exc
+    check_options = getattr(runner_class, "check_options", None)  # runners need not subclass Runner
+    if check_options is not None:
+        check_options(config)
     try:
         cls = config.resolve_environment()
     except PluginError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -18,8 +19,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from dpx.core.config import ConfigError, EnvironmentConfig
-from dpx.core.environment import Environment, Field
-from dpx.core.producer import BUFFERS, SampleProducer
+from dpx.core.environment import Environment, Field, FieldError
+from dpx.core.producer import BUFFERS, SampleError, SampleProducer
+from dpx.plugins import PluginError
 
 WrongSampleSink = Callable[[int, dict[str, np.ndarray]], None]
 
@@ -73,6 +75,34 @@ def parse_options(cls: type[Options], options: dict[str, Any], runner: str) -> O
         raise ConfigError(f"runner_kwargs for the {runner} runner: {exc}") from exc
 
 
+#: Errors that break the environment's contract (a field of the wrong shape, samples refused every
+#: time, a config the environment rejects): deterministic, so a restarted worker would not cure them,
+#: only hide them. A remote runner stops on them as the in-process one does.
+CONTRACT_ERRORS: tuple[type[Exception], ...] = (FieldError, SampleError, ConfigError, PluginError)
+
+
+#: Most characters of an error message, and of a traceback's end, that travel back from a worker.
+ERROR_CHARS, TRACEBACK_CHARS = 4_000, 64_000
+
+
+def describe_failure(exc: BaseException) -> dict[str, str]:
+    """An exception raised in a worker, as it travels to the runner: message, traceback (their ends
+    when very long, as a deep recursion's are) and, for a :data:`CONTRACT_ERRORS` one, its class (``contract``)."""
+    error, trace = f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc))
+    report = {"error": error[:ERROR_CHARS], "traceback": trace[-TRACEBACK_CHARS:]}
+    if isinstance(exc, CONTRACT_ERRORS):
+        report["contract"] = next(cls.__name__ for cls in CONTRACT_ERRORS if isinstance(exc, cls))
+    return report
+
+
+def raise_contract_error(who: str, report: dict[str, Any]) -> None:
+    """Raise, as in-process, the contract error a worker reported (``describe_failure``); else nothing."""
+    cls = {cls.__name__: cls for cls in CONTRACT_ERRORS}.get(report.get("contract"))
+    if cls is not None:
+        message = str(report.get("error", ""))[:ERROR_CHARS]
+        raise cls(f"{message.partition(': ')[2] or message} (in {who})")
+
+
 def cut_batch(count: int, instance_nb: int, chunk_size: int | None = None, pinned: bool = False) -> list[tuple[int, int]]:
     """Rows ``(first, last)`` of a batch of ``count`` samples, one chunk per remote call.
 
@@ -115,6 +145,10 @@ class Runner:
     ):
         self.config, self.key, self.on_wrong_sample = config, key, on_wrong_sample
         self.optional_fields = optional_fields
+
+    @classmethod
+    def check_options(cls, config: EnvironmentConfig) -> None:
+        """Refuse invalid ``runner_kwargs`` (``ConfigError``) before a pipeline writes anything."""
 
     def start(self) -> dict[str, Field]:
         """Build and initialise the environments; return their declared fields."""

@@ -23,12 +23,12 @@ with each chunk's samples.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import sys
 import time
-import traceback
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,9 +44,11 @@ from dpx.core.runners import (
     Predictor,
     RemoteRunner,
     WorkerError,
+    describe_failure,
     make_producer,
     make_visualizer,
     parse_options,
+    raise_contract_error,
 )
 
 log = logging.getLogger("dpx.ray")
@@ -137,7 +139,7 @@ class EnvironmentActor:
                 node_id=ray.get_runtime_context().get_node_id(),
             )
         except Exception as exc:
-            return _error(exc)
+            return describe_failure(exc)
 
     def connect(self, mailbox: Any) -> dict[str, Any]:
         """Route ``get_prediction`` through ``mailbox`` (None: the environment says no network is there)."""
@@ -153,31 +155,27 @@ class EnvironmentActor:
             arrays = self.producer.produce(np.asarray(sample_ids, dtype=np.int64), stream)
             return self._reply(arrays=arrays, stats=vars(self.producer.stats))
         except Exception as exc:
-            return _error(exc)
+            return describe_failure(exc)
 
     def apply(self, prediction: np.ndarray) -> dict[str, Any]:
         try:
             self.producer.apply_prediction(np.array(prediction))  # writable, as in-process
             return self._reply()
         except Exception as exc:
-            return _error(exc)
+            return describe_failure(exc)
 
     def close(self) -> dict[str, Any]:
         try:
             self.producer.close()
             return {}
         except Exception as exc:
-            return _error(exc)
+            return describe_failure(exc)
 
     def _reply(self, **result: Any) -> dict[str, Any]:
         """``result`` with the visual updates and refused samples gathered since the last reply."""
         result["visual"], result["wrong"] = self.visual, self.wrong
         self.visual, self.wrong = [], []
         return result
-
-
-def _error(exc: BaseException) -> dict[str, str]:
-    return {"error": f"{type(exc).__name__}: {exc}", "traceback": "".join(traceback.format_exception(exc))}
 
 
 class PredictionMailbox:
@@ -243,6 +241,10 @@ class _Failure(Exception):
 class RayRunner(RemoteRunner):
     """Run ``workers`` environments as Ray actors."""
 
+    @classmethod
+    def check_options(cls, config: EnvironmentConfig) -> None:
+        parse_options(RayOptions, config.runner_kwargs, "ray")
+
     def start(self) -> dict[str, Field]:
         self.options = parse_options(RayOptions, self.config.runner_kwargs, "ray")
         portable = self.config.portable()  # env_kwargs that cannot travel fail here, before Ray starts
@@ -280,7 +282,8 @@ class RayRunner(RemoteRunner):
             # Like spawned worker processes, actors of a local Ray import what the driver can.
             kwargs.setdefault("runtime_env", {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
         try:
-            ray.init(address=self.options.address, **kwargs)
+            with _on_loopback(self.options.address, kwargs):
+                ray.init(address=self.options.address, **kwargs)
         except (ConnectionError, ValueError, TypeError, RuntimeError) as exc:
             raise ConfigError(f"runner_kwargs: cannot start or join Ray (address={self.options.address!r}): {exc}") from exc
         return True
@@ -351,6 +354,7 @@ class RayRunner(RemoteRunner):
         except RayError as exc:
             raise _Failure(slot, f"was lost to Ray ({type(exc).__name__}: {exc})") from None
         if "error" in result:
+            raise_contract_error(slot.describe(), result)
             raise _Failure(slot, f"raised {result['error']}\n\nActor traceback:\n{result['traceback']}")
         return result
 
@@ -475,6 +479,36 @@ class RayRunner(RemoteRunner):
                 self._started_ray = False
             if getattr(self, "visualizer", None) is not None:
                 self.visualizer.close()
+
+
+@contextlib.contextmanager
+def _on_loopback(address: str | None, init_kwargs: dict[str, Any]) -> Iterator[None]:
+    """Have a Ray that dpx starts itself listen on loopback only.
+
+    Ray binds its servers to the node's IP address, which on Linux is the
+    address other machines reach it at: a local Ray would accept connections
+    from the network. Ray takes loopback as the node's address where clusters
+    are off (its ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` switch, read when
+    ``ray`` is imported); this turns that switch off while ``ray.init`` starts
+    a local Ray, and leaves joining a cluster, or a node address the user
+    gave, as they are.
+    """
+    try:  # Ray's private modules: if they change, Ray starts as it would anyway
+        from ray._private import ray_constants, services
+
+        starting = "_node_ip_address" not in init_kwargs and services.canonicalize_bootstrap_address(address) is None
+        starting = starting and hasattr(ray_constants, "ENABLE_RAY_CLUSTER")
+    except Exception:  # noqa: BLE001 - also a malformed address, which ray.init reports
+        starting = False
+    if not starting:
+        yield
+        return
+    enabled = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = enabled
 
 
 def _cause_of_death(exc: RayActorError) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,3 +114,51 @@ def test_ctrl_c_stops_its_own_ray_and_leaves_a_resumable_session(tmp_path):
     alive = [pid for pid in started if Path(f"/proc/{pid}").exists()]
     assert len(started) >= 4 and not alive, f"orphan Ray processes {alive} of {sorted(started)}"
     assert dpx.open_database(tmp_path / "s").count() > 0
+
+
+def test_contract_errors_stop_the_run_as_in_process(checks):
+    assert re.search(r"\(in actor \d \(pid \d+ on [\d.]+\)\)$", checks.contract_errors())
+
+
+LISTENERS = """
+import json, os, re, subprocess
+import numpy as np, dpx
+from dpx.core.producer import resolve_seed
+from dpx.testing_envs import Noise
+from dpx_ray.runner import RayRunner
+
+def family(root):
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(entry)] = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            pass
+    found, todo = {root}, [root]
+    while todo:
+        parent = todo.pop()
+        for child in [c for c, p in parents.items() if p == parent and c not in found]:
+            found.add(child)
+            todo.append(child)
+    return found
+
+config = dpx.EnvironmentConfig(Noise, runner="ray", workers=1, seed=0, runner_kwargs={
+    "init_kwargs": {"num_cpus": 1, "object_store_memory": 100 * 2**20}})
+with RayRunner(config, resolve_seed(0)[1]) as runner:
+    runner.produce(np.arange(2))
+    ours = family(os.getpid())
+    lines = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout.splitlines()
+    print(json.dumps([line.split()[3] for line in lines if {int(p) for p in re.findall(r"pid=(\\d+)", line)} & ours]))
+"""
+
+
+def test_a_ray_started_by_the_runner_listens_on_loopback_only(tmp_path):
+    """Every server of the local Ray the runner starts itself (GCS, raylet, workers) is bound to loopback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    result = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr
+    addresses = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(addresses) >= 3, addresses  # GCS, raylet, the actor's worker at least
+    exposed = [a for a in addresses if not re.fullmatch(r"(127\.0\.0\.1|\[::ffff:127\.0\.0\.1\]|\[::1\]):\d+", a)]
+    assert not exposed, f"the runner's own Ray listens on {exposed} (of {addresses})"
