@@ -190,6 +190,9 @@ class Prediction:
         check_environment(self.environment_config, setup)
         setup.checkpoint = self.network_checkpoint()
         setup.network = _load_network(self.network_config, setup.checkpoint)
+        check_network_shapes(self.network_config, setup.network[1], setup.checkpoint,
+                             self.environment_config.environment_name,
+                             {name: shape for name, (_, shape) in setup.fields.items()}, setup.fields_complete)
         setup.checked.append(f"network {setup.checkpoint}")
         setup.read("the network", setup.checkpoint)
         if self.record:
@@ -318,23 +321,8 @@ class _Steps:
         return len(prediction) - skip
 
     def _check_shapes(self, shapes: Mapping[str, tuple[int, ...] | None]) -> None:
-        """The environment's fields against those the network was trained on, both shapes named."""
-        environment = self.p.environment_config.environment_name
-        for name in self.inputs + self.targets:
-            if name not in shapes:
-                if name in self.targets:
-                    continue  # the ground truth is optional when predicting
-                raise ConfigError(
-                    f"the network {self.checkpoint} takes field {name!r}, which environment {environment} does not "
-                    f"make (its fields: {sorted(shapes)})"
-                )
-            expected, shape = tuple(self.specs[name][1]), shapes[name]
-            if shape is not None and tuple(shape) != expected:
-                raise ConfigError(
-                    f"the network {self.checkpoint} was trained on {name!r} samples of shape {expected}, but environment "
-                    f"{environment} makes them of shape {tuple(shape)}: give the environment the parameters of "
-                    "the training (env_kwargs), or train a network for these shapes"
-                )
+        check_network_shapes(self.p.network_config, self.specs, self.checkpoint,
+                             self.p.environment_config.environment_name, shapes)
 
     def close(self) -> None:
         try:
@@ -345,6 +333,32 @@ class _Steps:
         finally:
             if self.database is not None:
                 self.database.close()
+
+
+def check_network_shapes(
+    network: NetworkConfig, specs: FieldSpecs, checkpoint: Path, environment: str,
+    shapes: Mapping[str, tuple[int, ...] | None], complete: bool = True,
+) -> None:
+    """The environment's fields against those the network was trained on, both shapes named.
+
+    ``complete=False`` when ``shapes`` may lack fields the environment makes
+    later (declared before ``create()``): only the fields present are checked.
+    """
+    for name in network.input_fields + network.target_fields:
+        if name not in shapes:
+            if name in network.target_fields or not complete:
+                continue  # the ground truth is optional when predicting
+            raise ConfigError(
+                f"the network {checkpoint} takes field {name!r}, which environment {environment} does not "
+                f"make (its fields: {sorted(shapes)})"
+            )
+        expected, shape = tuple(specs[name][1]), shapes[name]
+        if shape is not None and tuple(shape) != expected:
+            raise ConfigError(
+                f"the network {checkpoint} was trained on {name!r} samples of shape {expected}, but environment "
+                f"{environment} makes them of shape {tuple(shape)}: give the environment the parameters of "
+                "the training (env_kwargs), or train a network for these shapes"
+            )
 
 
 def _difference(name: str, before: Any, now: Any) -> str:

@@ -93,6 +93,13 @@ def test_an_environment_of_other_shapes_names_both_before_the_first_step_and_is_
     assert "prediction" not in dpx.open_database(trained).modes
 
 
+def test_an_environment_of_other_shapes_leaves_no_new_session_behind(trained, tmp_path):
+    network = dpx.NetworkConfig("fc", network_dir=str(trained))
+    with pytest.raises(ConfigError, match=r"trained on 'input' samples of shape \(5,\), but environment toy.mean"):
+        predict(tmp_path / "elsewhere", 5, network=network, environment="toy.mean", new_session=True, record=True)
+    assert not tmp_path.joinpath("elsewhere").exists() and list(tmp_path.iterdir()) == []
+
+
 def test_network_kwargs_default_to_the_saved_ones(trained):
     summary = predict(trained, 5, network=dpx.NetworkConfig("fc"))
     assert summary.steps == 5 and summary.error.count == 5
