@@ -115,6 +115,38 @@ def assert_light_import(module: str, heavy: Iterable[str] = HEAVY_MODULES) -> No
     assert not imported, f"importing {module} pulls in heavy modules {imported}; import them where they are used"
 
 
+def waiting_runner(runner_kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, BaseException]]:
+    """A multiprocess runner of one ``Noise`` environment waiting for hand-started workers (``spawn=False``),
+    starting in a thread: ``(runner, thread, outcome)``, ``outcome["error"]`` holding what ``start()`` raised.
+
+    For transport tests that play the worker's part over a real socket; returns once the runner listens.
+    """
+    import threading
+    import time
+
+    from dpx.core.config import EnvironmentConfig
+    from dpx.core.multiprocess import MultiprocessRunner
+    from dpx.core.producer import resolve_seed
+    from dpx.testing_envs import Noise
+
+    config = EnvironmentConfig(Noise, runner="multiprocess", workers=1, seed=1,
+                               runner_kwargs={"spawn": False, **runner_kwargs})
+    runner = MultiprocessRunner(config, resolve_seed(1)[1])
+    outcome: dict[str, BaseException] = {}
+
+    def start() -> None:
+        try:
+            runner.start()
+        except Exception as exc:  # reported to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=start, daemon=True)
+    thread.start()
+    while not hasattr(runner, "address") and thread.is_alive():
+        time.sleep(0.01)
+    return runner, thread, outcome
+
+
 class RunnerChecks:
     """The scenarios a runner must pass, each compared with the ``inprocess`` runner.
 

@@ -22,7 +22,7 @@ from dpx.core.config import ConfigError
 from dpx.core.multiprocess import MultiprocessRunner
 from dpx.core.producer import resolve_seed
 from dpx.core.runners import WorkerError
-from dpx.testing import RunnerChecks
+from dpx.testing import RunnerChecks, waiting_runner
 
 
 @pytest.fixture
@@ -73,32 +73,10 @@ def test_visual_objects_travel_from_workers_to_the_viewer(checks):
     checks.visuals()
 
 
-def start_waiting_runner(runner_kwargs):
-    """A runner waiting for hand-started workers, started in a thread."""
-    from dpx.testing_envs import Noise
-
-    config = dpx.EnvironmentConfig(Noise, runner="multiprocess", workers=1, seed=1,
-                                   runner_kwargs={"spawn": False, **runner_kwargs})
-    runner = MultiprocessRunner(config, resolve_seed(1)[1])
-    outcome: dict = {}
-
-    def start():
-        try:
-            runner.start()
-        except Exception as exc:  # reported to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=start)
-    thread.start()
-    while not hasattr(runner, "address") and thread.is_alive():
-        time.sleep(0.01)
-    return runner, thread, outcome
-
-
 def test_hand_started_worker_joins_and_a_wrong_key_is_refused(tmp_path, caplog):
     key = os.urandom(32).hex()
     with caplog.at_level(logging.WARNING, logger="dpx"):
-        runner, thread, outcome = start_waiting_runner({"authkey": key, "timeout": 30})
+        runner, thread, outcome = waiting_runner({"authkey": key, "timeout": 30})
         with pytest.raises(transport.AuthenticationError):
             transport.connect(*runner.address, b"not the key, but long enough", timeout=10)
         env = {**os.environ, "DPX_AUTHKEY": key, "PYTHONPATH": os.pathsep.join(sys.path)}
@@ -116,7 +94,7 @@ def test_hand_started_worker_joins_and_a_wrong_key_is_refused(tmp_path, caplog):
 
 
 def test_a_hand_started_worker_without_the_key_says_what_to_do():
-    runner, thread, outcome = start_waiting_runner({"start_timeout": 30})
+    runner, thread, outcome = waiting_runner({"start_timeout": 30})
     env = {k: v for k, v in os.environ.items() if k != "DPX_AUTHKEY"}
     try:
         for key in (None, "ab", os.urandom(16).hex()):
@@ -134,7 +112,7 @@ def test_a_hand_started_worker_without_the_key_says_what_to_do():
 
 def test_a_hand_started_worker_finding_no_free_slot_says_so(tmp_path):
     key = os.urandom(32).hex()
-    runner, thread, outcome = start_waiting_runner({"authkey": key, "start_timeout": 30})
+    runner, thread, outcome = waiting_runner({"authkey": key, "start_timeout": 30})
     env = {**os.environ, "DPX_AUTHKEY": key, "PYTHONPATH": os.pathsep.join(sys.path)}
     address = "%s:%d" % tuple(runner.address)
     first = subprocess.Popen([sys.executable, "-m", "dpx", "worker", "--connect", address], env=env)
@@ -244,7 +222,7 @@ def test_invalid_options_are_config_errors_that_leave_nothing_behind(tmp_path, o
 
 
 def test_worker_that_never_connects_times_out():
-    runner, thread, outcome = start_waiting_runner({"start_timeout": 0.5})
+    runner, thread, outcome = waiting_runner({"start_timeout": 0.5})
     thread.join(10)
     runner.close()
     assert "worker 0 did not connect within start_timeout=0.5s" in str(outcome.get("error"))

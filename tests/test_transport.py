@@ -16,35 +16,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import dpx
 from dpx.core import transport
 from dpx.core.multiprocess import MultiprocessRunner
-from dpx.core.producer import resolve_seed
 from dpx.core.runners import CONTRACT_ERRORS, WorkerError
+from dpx.testing import waiting_runner
 
 KEY = bytes(range(32))
 
 
 def start_runner(**runner_kwargs):
-    """A multiprocess runner (1 worker) starting in a thread; returns it, the thread and what start() raised."""
-    from dpx.testing_envs import Noise
-
-    options = {"spawn": False, "authkey": KEY.hex(), "max_restarts": 0, "timeout": 10, "chunk_size": 4, **runner_kwargs}
-    config = dpx.EnvironmentConfig(Noise, runner="multiprocess", workers=1, seed=1, runner_kwargs=options)
-    runner = MultiprocessRunner(config, resolve_seed(1)[1])
-    outcome: dict = {}
-
-    def start():
-        try:
-            runner.start()
-        except Exception as exc:  # reported to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=start, daemon=True)
-    thread.start()
-    while not hasattr(runner, "address") and thread.is_alive():
-        time.sleep(0.01)
-    return runner, thread, outcome
+    """A runner waiting for one hand-started worker, with this module's key and small limits."""
+    options = {"authkey": KEY.hex(), "max_restarts": 0, "timeout": 10, "chunk_size": 4, **runner_kwargs}
+    return waiting_runner(options)
 
 
 def peer(address, key=KEY, token=None) -> transport.Channel:
