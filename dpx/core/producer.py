@@ -63,6 +63,10 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+#: Below this many values, ``isfinite().all()`` beats entering ``np.errstate`` for a dot product.
+_SMALL_CHECK = 1 << 14
+
+
 def _all_finite(values: np.ndarray) -> bool:
     """Whether every value is finite, in one pass without a temporary.
 
@@ -71,7 +75,7 @@ def _all_finite(values: np.ndarray) -> bool:
     slower check then clears.
     """
     flat = values.reshape(-1)
-    if values.dtype in (np.float32, np.float64):
+    if flat.size >= _SMALL_CHECK and values.dtype in (np.float32, np.float64):
         with np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(flat, flat)):
                 return True
@@ -122,6 +126,10 @@ class SampleRng:
         ids = np.asarray(sample_ids, dtype=np.uint64)
         if attempt or not len(ids):
             return self.states(ids, stream, attempt)
+        if len(ids) == 1 and stream == self._ahead_stream:  # a prediction step: one sample
+            offset = int(ids[0]) - self._ahead_first
+            if 0 <= offset < len(self._ahead):
+                return self._ahead[offset:offset + 1]
         offsets = ids - np.uint64(self._ahead_first)  # ids before the table wrap round to huge offsets
         if stream != self._ahead_stream or int(offsets.max()) >= len(self._ahead):
             first = int(ids.min())
@@ -173,6 +181,8 @@ class Batch:
         self.arrays = {name: np.empty((self.size, *f.shape), f.dtype) for name, f in self.fields.items()}
 
     def view(self, count: int) -> dict[str, np.ndarray]:
+        if count == self.size:
+            return dict(self.arrays)
         return {name: array[:count] for name, array in self.arrays.items()}
 
 
@@ -260,15 +270,15 @@ class SampleProducer:
         first_row = 0
         if not self._batches or self._batches[0].size < count:
             first_row = self._allocate(int(sample_ids[0]), count)
-        batch = self._batches[self._turn]
-        self._turn = (self._turn + 1) % BUFFERS
-        arrays = batch.arrays
+        turn = self._turn
+        batch = self._batches[turn]
+        self._turn = (turn + 1) % BUFFERS
         states = self.rng.plan(sample_ids, stream)
-        slots = self._slots_for(arrays)
+        slots = self._batch_slots[turn]
         ids = sample_ids.tolist()
         for row in range(first_row, count):
             self._copy(self._step_until_accepted(ids[row], states[row]), slots, row, ids[row])
-        self._check_finite(arrays, sample_ids, count)
+        self._check_finite(batch.arrays, sample_ids, count)
         self.stats.produced += count
         return batch.view(count)
 
@@ -289,9 +299,13 @@ class SampleProducer:
         self._batches = [Batch(self.fields, count) for _ in range(BUFFERS)]
         self._slots = [(name, f.shape, f.dtype) for name, f in self.fields.items()]
         self._good_dtypes = {name: set() for name in self.fields}
+        self._batch_slots = [self._slots_for(batch.arrays) for batch in self._batches]
+        self._finite_checked = [
+            name for name, f in self.fields.items() if f.dtype.kind in "fc" and name not in self.optional_fields
+        ]
         if first is None:
             return 0
-        self._copy(first, self._slots_for(self._batches[self._turn].arrays), 0, first_id)
+        self._copy(first, self._batch_slots[self._turn], 0, first_id)
         return 1
 
     def _slots_for(self, arrays: dict[str, np.ndarray]) -> list:
@@ -364,9 +378,7 @@ class SampleProducer:
         return value if isinstance(value, np.ndarray) else np.asarray(value)
 
     def _check_finite(self, arrays: dict[str, np.ndarray], sample_ids: np.ndarray, count: int) -> None:
-        for name, f in self.fields.items():
-            if f.dtype.kind not in "fc" or name in self.optional_fields:
-                continue
+        for name in self._finite_checked:
             values = arrays[name][:count]
             if _all_finite(values):
                 continue
