@@ -27,7 +27,7 @@ from bench_training import make_dataset  # noqa: E402
 from dpx.core.network import find_trained_network  # noqa: E402
 from dpx.core.prediction import _load_network  # noqa: E402
 from dpx_toy.mean import Mean  # noqa: E402
-from measure import HEADER, compare  # noqa: E402
+from measure import HEADER, row, side_by_side  # noqa: E402
 
 NETWORK = dpx.NetworkConfig("fc", network_kwargs={"hidden": [64, 64]}, lr=1e-3, device="cpu")
 
@@ -71,8 +71,9 @@ def main() -> None:
         model = _load_network(NETWORK, find_trained_network(NETWORK, f"{folder}/trained"))[0].network
         print(HEADER)
         for steps in step_counts:
-            result = compare(repeats, lambda: bare_loop(model, steps), lambda: through_dpx(folder, steps))
-            print(result.row(f"prediction loop, batch 1, {steps} steps"))
+            result = side_by_side(repeats, {"bare": lambda: bare_loop(model, steps),
+                                            "dpx": lambda: through_dpx(folder, steps)})
+            print(row(f"prediction loop, batch 1, {steps} steps (steps/s)", result["bare"], result["dpx"]))
 
 
 if __name__ == "__main__":
