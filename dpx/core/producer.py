@@ -106,7 +106,9 @@ class SampleRng:
         self.key = np.asarray(key, dtype=np.uint64)
         self.bit_generator = np.random.SFC64(0)
         self.generator = np.random.Generator(self.bit_generator)
-        self._raw = self._state_words()
+        #: The generator's C state as 5 words (None where it cannot be checked): assigning a row of
+        #: :meth:`plan` puts the generator at that sample's stream.
+        self.words = self._state_words()
         self._ahead_first, self._ahead_stream = 0, -1
         self._ahead = np.empty((0, 5), np.uint64)
 
@@ -158,8 +160,8 @@ class SampleRng:
         return np.stack([a, b, c, counter, np.zeros_like(a)], axis=1)
 
     def set(self, state: np.ndarray) -> None:
-        if self._raw is not None:
-            self._raw[:] = state
+        if self.words is not None:
+            self.words[:] = state
         else:
             self.bit_generator.state = {
                 "bit_generator": "SFC64", "state": {"state": state[:4]}, "has_uint32": 0, "uinteger": 0,
@@ -276,8 +278,21 @@ class SampleProducer:
         states = self.rng.plan(sample_ids, stream)
         slots = self._batch_slots[turn]
         ids = sample_ids.tolist()
-        for row in range(first_row, count):
-            self._copy(self._step_until_accepted(ids[row], states[row]), slots, row, ids[row])
+        if self._checks or self.simulations_per_step != 1 or self.rng.words is None:
+            for row in range(first_row, count):
+                self._copy(self._step_until_accepted(ids[row], states[row]), slots, row, ids[row])
+        else:  # the common case without a function call per step: first tries are accepted
+            words, sample, step, copy = self.rng.words, self.env.sample, self._step, self._copy
+            for row in range(first_row, count):
+                words[:] = states[row]
+                sample.clear()
+                try:
+                    step()
+                except (FieldError, SampleError):
+                    raise
+                except Exception as exc:
+                    raise self._step_error(ids[row], exc) from exc
+                copy(sample, slots, row, ids[row])
         self._check_finite(batch.arrays, sample_ids, count)
         self.stats.produced += count
         return batch.view(count)
@@ -327,7 +342,7 @@ class SampleProducer:
             except (FieldError, SampleError):
                 raise
             except Exception as exc:
-                raise self._env_error(f"step() raised while producing sample {sample_id}", exc) from exc
+                raise self._step_error(sample_id, exc) from exc
             if accepted:
                 return sample
             self.stats.refused += 1
@@ -337,6 +352,9 @@ class SampleProducer:
             f"{env!r}: check_sample() refused sample {sample_id} {self.max_wrong + 1} times in a row "
             f"(max_wrong_samples_per_step={self.max_wrong})"
         )
+
+    def _step_error(self, sample_id: int, exc: Exception) -> EnvironmentFailure:
+        return self._env_error(f"step() raised while producing sample {sample_id}", exc)
 
     def _copy(self, sample: dict[str, Any], slots: list, row: int, sample_id: int) -> None:
         """Check one sample's fields and copy them into row ``row`` of the batch.
