@@ -12,6 +12,8 @@ and progress.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import sys
 import tempfile
 import time
@@ -52,9 +54,11 @@ def bare_loop(model: torch.nn.Module, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def through_dpx(folder: str, steps: int) -> float:
-    pipeline = dpx.Prediction(NETWORK, dpx.EnvironmentConfig("toy.mean", seed=0), session_dir=folder,
-                              session_name="trained", step_nb=steps, progress=False)
+def through_dpx(folder: str, steps: int, runs=itertools.count()) -> float:
+    """A fresh session per run, as a user's prediction makes."""
+    network = dataclasses.replace(NETWORK, network_dir=f"{folder}/trained")
+    pipeline = dpx.Prediction(network, dpx.EnvironmentConfig("toy.mean", seed=0), session_dir=folder,
+                              session_name=f"predict{next(runs)}", new_session=True, step_nb=steps, progress=False)
     setup = pipeline.prepare()  # loading the network is set-up, not the loop
     start = time.perf_counter()
     pipeline.execute(setup)

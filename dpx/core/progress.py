@@ -37,7 +37,8 @@ class Progress:
 
     def update(self, count: int, **postfix: Any) -> None:
         self.done += count
-        self.postfix.update(postfix)
+        if postfix:
+            self.postfix.update(postfix)
         if self.bar is not None:
             drawn = self.bar.update(count)
             if drawn and self.postfix_source is not None:  # shown at the next refresh
