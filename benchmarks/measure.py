@@ -14,7 +14,7 @@ import torch
 
 torch.set_num_threads(1)  # one thread everywhere: the benchmarks compare dpx's own costs
 
-HEADER = f"{'case':52s} {'bare (min/med/max)':>26s} {'dpx (min/med/max)':>26s} {'ratio (min/med/max)':>20s}"
+HEADER = f"{'case':52s} {'baseline (min/med/max)':>26s} {'dpx (min/med/max)':>26s} {'ratio (min/med/max)':>20s}"
 
 
 def side_by_side(repeats: int, runs: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
