@@ -370,8 +370,10 @@ class MultiprocessRunner(RemoteRunner):
                 idle.remove(worker)
                 worker.chunk, worker.since = chunk, time.monotonic()
                 try:
-                    worker.channel.send({"type": "produce", "ids": sample_ids[chunk[0]:chunk[1]].tolist(),
-                                         "stream": stream}, worker.since + self.options.timeout)
+                    # ids travel as one raw int64 buffer: a JSON list costs ~1 µs an id to build
+                    ids = np.ascontiguousarray(sample_ids[chunk[0]:chunk[1]], dtype=np.int64)
+                    worker.channel.send({"type": "produce", "ids": ids, "stream": stream},
+                                        worker.since + self.options.timeout)
                 except OSError as exc:
                     self._recover(_Failure(worker, self._exit_status(worker, exc)), pending, idle)
                     continue
