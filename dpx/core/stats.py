@@ -46,10 +46,6 @@ class CsvStatsWriter:
     def scalar(self, tag: str, value: float, step: int) -> None:
         self._writer.writerow([tag, step, repr(float(value))])
 
-    def scalars(self, values: Mapping[str, float], step: int) -> None:
-        """Several values of one step in one call: a step's four values cost one write call."""
-        self._writer.writerows([(tag, step, repr(float(value))) for tag, value in values.items()])
-
     def drop_after(self, step: int, epoch: int) -> None:
         """Keep the rows up to ``step`` (``epoch`` for epoch values); a row a killed run cut short goes too."""
         self._file.close()
@@ -154,14 +150,10 @@ class Stats:
                 writer.histogram(tag, values, step)
 
     def _write(self, values: Mapping[str, Any], step: int) -> None:
-        values = {tag: value for tag, value in values.items() if value is not None and math.isfinite(value)}
         for writer in self.writers:
-            scalars = getattr(writer, "scalars", None)  # optional: writers may take a step's values at once
-            if scalars is not None:
-                scalars(values, step)
-                continue
             for tag, value in values.items():
-                writer.scalar(tag, value, step)
+                if value is not None and math.isfinite(value):
+                    writer.scalar(tag, value, step)
 
     def close(self) -> None:
         for writer in self.writers:
