@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 import dpx  # noqa: E402
-from dpx.core.producer import resolve_seed  # noqa: E402
+from dpx.core.producer import SampleRng, resolve_seed  # noqa: E402
 from dpx.core.runners import InProcessRunner  # noqa: E402
 from dpx_toy.mean import Mean  # noqa: E402
 from measure import HEADER, row, side_by_side  # noqa: E402
@@ -75,12 +75,31 @@ def dpx_pipeline(n_points: int, samples: int, batch_size: int, normalize: bool) 
         return samples / (time.perf_counter() - start)
 
 
+def plan_cost(batch_size: int, calls: int = 2_000) -> tuple[float, float]:
+    """Microseconds per call of ``SampleRng.plan`` over consecutive batches, and of computing the states afresh."""
+    rng = SampleRng(resolve_seed(0)[1])
+    batches = [np.arange(first, first + batch_size) for first in range(0, calls * batch_size, batch_size)]
+    start = time.perf_counter()
+    for ids in batches:
+        rng.plan(ids)
+    planned = time.perf_counter() - start
+    start = time.perf_counter()
+    for ids in batches[: calls // 10]:
+        rng.states(ids)
+    fresh = time.perf_counter() - start
+    return 1e6 * planned / calls, 1e6 * fresh / (calls // 10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, one repetition, for a smoke run")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
+    for batch_size in (1, 32, 256):
+        planned, fresh = plan_cost(batch_size)
+        print(f"plan() at batch {batch_size}: {planned:.1f} us a call over consecutive batches "
+              f"(computing the states afresh: {fresh:.1f} us)")
     print(HEADER)
     for batch_size in args.batch_sizes:
         for case, n_points in CASES.items():
