@@ -6,21 +6,28 @@ seeding, field checks, NaN checks) is compared with it. The full pipeline also
 stores the batches (memmap storage, crash-safe commits, a session): it is
 compared with the bare loop appending its batches to raw files.
 
+Each row is measured side by side at batch 32 and 256 (``--batch-sizes``).
+
     .venv/bin/python benchmarks/bench_generation.py [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
-import dpx
-from dpx.core.producer import resolve_seed
-from dpx.core.runners import InProcessRunner
-from dpx_toy.mean import Mean
+sys.path.insert(0, str(Path(__file__).parent))
+
+import dpx  # noqa: E402
+from dpx.core.producer import SampleRng, resolve_seed  # noqa: E402
+from dpx.core.runners import InProcessRunner  # noqa: E402
+from dpx_toy.mean import Mean  # noqa: E402
+from measure import HEADER, row, side_by_side  # noqa: E402
 
 CASES = {"small (30x3)": 30, "large (10000x3)": 10_000}
 
@@ -62,33 +69,54 @@ def dpx_pipeline(n_points: int, samples: int, batch_size: int, normalize: bool) 
             dpx.DatabaseConfig(normalize=normalize),
             session_dir=folder, batch_nb=samples // batch_size, batch_size=batch_size, progress=False,
         )
+        setup = pipeline.prepare()  # checks before the run (they build an environment): not the loop
         start = time.perf_counter()
-        pipeline.execute()
+        pipeline.execute(setup)
         return samples / (time.perf_counter() - start)
 
 
-def best_of(repeats: int, run, *args) -> float:
-    return max(run(*args) for _ in range(repeats))
+def plan_cost(batch_size: int, calls: int = 2_000) -> tuple[float, float]:
+    """Microseconds per call of ``SampleRng.plan`` over consecutive batches, and of computing the states afresh."""
+    rng = SampleRng(resolve_seed(0)[1])
+    batches = [np.arange(first, first + batch_size) for first in range(0, calls * batch_size, batch_size)]
+    start = time.perf_counter()
+    for ids in batches:
+        rng.plan(ids)
+    planned = time.perf_counter() - start
+    start = time.perf_counter()
+    for ids in batches[: calls // 10]:
+        rng.states(ids)
+    fresh = time.perf_counter() - start
+    return 1e6 * planned / calls, 1e6 * fresh / (calls // 10)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--quick", action="store_true", help="fewer samples, one repetition, for a smoke run")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
-    print(f"{'case':16s} {'bare/s':>10s} {'producer/s':>11s} {'ratio':>6s} {'bare+write/s':>13s} "
-          f"{'pipeline/s':>11s} {'ratio':>6s} {'+normalize/s':>13s} {'ratio':>6s}")
-    for case, n_points in CASES.items():
-        samples = (20_000 if args.quick else 100_000) if n_points < 1000 else (1_024 if args.quick else 8_192)
-        samples -= samples % args.batch_size
-        bare = best_of(repeats, bare_loop, n_points, samples, args.batch_size)
-        producer = best_of(repeats, dpx_producer, n_points, samples, args.batch_size)
-        written = best_of(repeats, bare_loop, n_points, samples, args.batch_size, True)
-        pipeline = best_of(repeats, dpx_pipeline, n_points, samples, args.batch_size, False)
-        normalized = best_of(repeats, dpx_pipeline, n_points, samples, args.batch_size, True)
-        print(f"{case:16s} {bare:10,.0f} {producer:11,.0f} {producer / bare:6.2f} {written:13,.0f} "
-              f"{pipeline:11,.0f} {pipeline / written:6.2f} {normalized:13,.0f} {normalized / written:6.2f}")
+    for batch_size in (1, 32, 256):
+        planned, fresh = plan_cost(batch_size)
+        print(f"plan() at batch {batch_size}: {planned:.1f} us a call over consecutive batches "
+              f"(computing the states afresh: {fresh:.1f} us)")
+    print(HEADER)
+    for batch_size in args.batch_sizes:
+        for case, n_points in CASES.items():
+            samples = (8_000 if args.quick else 32_000) if n_points < 1000 else (1_024 if args.quick else 4_096)
+            samples -= samples % batch_size
+            rates = side_by_side(repeats, {
+                "bare": lambda: bare_loop(n_points, samples, batch_size),
+                "bare+write": lambda: bare_loop(n_points, samples, batch_size, True),
+                "producer": lambda: dpx_producer(n_points, samples, batch_size),
+                "pipeline": lambda: dpx_pipeline(n_points, samples, batch_size, False),
+                "normalize": lambda: dpx_pipeline(n_points, samples, batch_size, True),
+            })
+            where = f"{case}, batch {batch_size}"
+            print(row(f"{where}: producer / bare", rates["bare"], rates["producer"]))
+            print(row(f"{where}: DataGeneration / bare", rates["bare"], rates["pipeline"]))
+            print(row(f"{where}: DataGeneration / bare+write", rates["bare+write"], rates["pipeline"]))
+            print(row(f"{where}: normalize=True / bare+write", rates["bare+write"], rates["normalize"]))
 
 
 if __name__ == "__main__":

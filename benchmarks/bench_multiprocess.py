@@ -1,8 +1,8 @@
-"""The multiprocess runner against in-process generation and a bare loop.
+"""The multiprocess runner against the in-process one, side by side.
 
-1. An environment burning ~5 ms of CPU per sample: speed-up of 2 workers over 1.
-2. ``toy.mean`` 30x3 with 2 workers against the in-process bare loop.
-3. ``toy.mean`` 10000x3: the multiprocess runner against the in-process one.
+1. ``toy.mean`` 30x3, 2 workers against the in-process runner, at batch 32 and 256.
+2. An environment burning 5 ms of CPU per sample: 2 workers against the in-process runner.
+3. ``toy.mean`` 10000x3, 2 workers against the in-process runner.
 4. ``get_prediction`` round trip from a worker process: median and p99.
 
     .venv/bin/python benchmarks/bench_multiprocess.py [--quick]
@@ -20,9 +20,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))  # worker processes get sys.path: they find bench_envs
 
 import dpx  # noqa: E402
-from bench_generation import bare_loop  # noqa: E402
 from dpx.core.producer import resolve_seed  # noqa: E402
 from dpx.plugins import load  # noqa: E402
+from measure import HEADER, row, side_by_side  # noqa: E402
 
 
 def rate(environment, workers: int, samples: int, batch_size: int, runner: str = "multiprocess", **env_kwargs) -> float:
@@ -40,7 +40,8 @@ def rate(environment, workers: int, samples: int, batch_size: int, runner: str =
         runner_obj.close()
 
 
-def latency(samples: int) -> tuple[float, float]:
+def latency(samples: int) -> np.ndarray:
+    """Microseconds of each get_prediction round trip from a worker (the predictor itself is trivial)."""
     from bench_envs import Asking
 
     config = dpx.EnvironmentConfig(Asking, runner="multiprocess", workers=1, seed=0)
@@ -48,30 +49,40 @@ def latency(samples: int) -> tuple[float, float]:
     runner.start()
     runner.connect(lambda inputs: {"prediction": inputs["input"].mean(axis=0)})
     try:
-        values = np.concatenate([runner.produce(np.arange(i, i + 100))["latency"].copy() for i in range(0, samples, 100)])
+        runner.produce(np.arange(100))  # warm-up
+        return 1e6 * np.concatenate([runner.produce(np.arange(i, i + 100))["latency"].copy()
+                                     for i in range(100, samples + 100, 100)])
     finally:
         runner.close()
-    return 1e6 * float(np.median(values)), 1e6 * float(np.percentile(values, 99))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, one repetition, for a smoke run")
     args = parser.parse_args()
-    scale = 5 if args.quick else 1
+    repeats, scale = (1, 4) if args.quick else (3, 1)
     from bench_envs import Burn
 
-    one = rate(Burn, 1, 400 // scale, 20)
-    two = rate(Burn, 2, 400 // scale, 20)
-    print(f"5 ms CPU environment: 1 worker {one:,.0f}/s, 2 workers {two:,.0f}/s, speed-up {two / one:.2f}x")
-    bare = max(bare_loop(30, 100_000 // scale, 256) for _ in range(2))
-    multi = max(rate("toy.mean", 2, 100_000 // scale, 1024, n_points=30) for _ in range(2))
-    print(f"toy.mean 30x3: bare loop {bare:,.0f}/s, 2 workers {multi:,.0f}/s, ratio {multi / bare:.2f}")
-    inproc = rate("toy.mean", 1, 4096 // scale, 256, runner="inprocess", n_points=10_000)
-    multi = rate("toy.mean", 2, 4096 // scale, 256, n_points=10_000)
-    print(f"toy.mean 10000x3: in-process {inproc:,.0f}/s, 2 workers {multi:,.0f}/s, ratio {multi / inproc:.2f}")
-    median, p99 = latency(2000 // scale)
-    print(f"get_prediction round trip from a worker: median {median:.0f} us, p99 {p99:.0f} us")
+    print(HEADER)
+    for batch_size in (32, 256):
+        samples = 32_000 // scale
+        rates = side_by_side(repeats, {
+            "inprocess": lambda: rate("toy.mean", 1, samples, batch_size, runner="inprocess", n_points=30),
+            "multi": lambda: rate("toy.mean", 2, samples, batch_size, n_points=30),
+        })
+        print(row(f"30x3, batch {batch_size}: 2 workers / in-process", rates["inprocess"], rates["multi"]))
+    rates = side_by_side(repeats, {"inprocess": lambda: rate(Burn, 1, 160 // scale, 32, runner="inprocess"),
+                                   "multi": lambda: rate(Burn, 2, 320 // scale, 32)})
+    print(row("5 ms step, batch 32: 2 workers / in-process", rates["inprocess"], rates["multi"]))
+    rates = side_by_side(repeats, {
+        "inprocess": lambda: rate("toy.mean", 1, 2048 // scale, 256, runner="inprocess", n_points=10_000),
+        "multi": lambda: rate("toy.mean", 2, 2048 // scale, 256, n_points=10_000),
+    })
+    print(row("10000x3, batch 256: 2 workers / in-process", rates["inprocess"], rates["multi"]))
+    for _ in range(repeats):
+        values = latency(2000 // scale)
+        print(f"get_prediction round trip from a worker: median {np.median(values):.0f} us, "
+              f"p99 {np.percentile(values, 99):.0f} us")
 
 
 if __name__ == "__main__":

@@ -12,17 +12,27 @@ path (NumPy in, backend, NumPy out) against calling the model directly.
 from __future__ import annotations
 
 import argparse
+import itertools
+import sys
 import tempfile
 import time
 import timeit
+from pathlib import Path
 
 import numpy as np
 import torch
 
-import dpx
-from dpx.core.database import Database
+sys.path.insert(0, str(Path(__file__).parent))
 
-CASES = {"small FC 90-64-64-3, batch 64": ([64, 64], 64), "wide FC 90-512-512-3, batch 256": ([512, 512], 256)}
+import dpx  # noqa: E402
+from dpx.core.database import Database  # noqa: E402
+from measure import HEADER, row, side_by_side  # noqa: E402
+
+CASES = {
+    "small FC 90-64-64-3, batch 32": ([64, 64], 32),
+    "small FC 90-64-64-3, batch 256": ([64, 64], 256),
+    "wide FC 90-512-512-3, batch 256": ([512, 512], 256),
+}
 
 
 def make_dataset(folder: str, count: int) -> np.ndarray:
@@ -67,7 +77,7 @@ def get_prediction_overhead(folder: str) -> tuple[float, float]:
     from dpx.core.prediction import _load_network, _single
 
     config = dpx.NetworkConfig("fc", network_kwargs={"hidden": [64, 64]})
-    backend, _ = _load_network(config, find_trained_network(config, f"{folder}/small"))
+    backend, _ = _load_network(config, find_trained_network(config, f"{folder}/case0_0"))
     sample = np.random.default_rng(1).random((30, 3), dtype=np.float32)
     request = lambda: _single(backend.predict({k: v[None] for k, v in {"input": sample}.items()}))  # noqa: E731
     model = backend.network
@@ -83,17 +93,20 @@ def get_prediction_overhead(folder: str) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, one repetition, for a smoke run")
     args = parser.parse_args()
-    count, epochs = (4096, 2) if args.quick else (16384, 5)
+    count, epochs, repeats = (4096, 1, 1) if args.quick else (16384, 3, 3)
     with tempfile.TemporaryDirectory() as folder:
         inputs = make_dataset(folder, count)
-        print(f"{'case':34s} {'bare samples/s':>15s} {'dpx samples/s':>14s} {'ratio':>6s}")
-        for (case, (hidden, batch_size)), name in zip(CASES.items(), ("small", "wide")):
+        print(HEADER)
+        for index, (case, (hidden, batch_size)) in enumerate(CASES.items()):
             bare_loop(inputs, hidden, batch_size, 1)  # warm-up
-            bare = max(bare_loop(inputs, hidden, batch_size, epochs) for _ in range(2))
-            through = max(through_dpx(folder, hidden, batch_size, epochs, name) for _ in range(2))
-            print(f"{case:34s} {bare:15,.0f} {through:14,.0f} {through / bare:6.2f}")
+            runs = itertools.count()
+            rates = side_by_side(repeats, {
+                "bare": lambda: bare_loop(inputs, hidden, batch_size, epochs),
+                "dpx": lambda: through_dpx(folder, hidden, batch_size, epochs, f"case{index}_{next(runs)}"),
+            })
+            print(row(f"{case} (samples/s)", rates["bare"], rates["dpx"]))
         request, direct = get_prediction_overhead(folder)
         print(f"get_prediction in-process: {request:.1f} us per call, model called directly {direct:.1f} us "
               f"(overhead {request - direct:.1f} us)")

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Run every benchmark against its raw baseline (a few minutes on 2 cores).
-# Pass --quick for a smoke run. Run on an otherwise idle machine.
+# Run every benchmark beside its bare baseline, side by side, 3 repetitions (about 5 minutes on 2 cores).
+# Pass --quick for a smoke run (one repetition, fewer samples). Run on an otherwise idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-for bench in bench_generation bench_storage_read bench_training bench_multiprocess; do
+for bench in bench_generation bench_prediction bench_multiprocess bench_training bench_storage_read; do
     echo "== $bench"
     "$PY" "benchmarks/$bench.py" "$@"
     echo

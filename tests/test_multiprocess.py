@@ -263,3 +263,42 @@ def test_ctrl_c_leaves_no_orphan_and_a_resumable_session(tmp_path):
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
     assert not alive, f"orphan worker processes {alive}"
     assert dpx.open_database(tmp_path / "s").count() > 0
+
+
+def test_small_consecutive_batches_are_read_ahead_and_are_the_in_process_ones():
+    from dpx.core.runners import InProcessRunner
+    from dpx.testing_envs import Noise
+
+    key = resolve_seed(3)[1]
+    remote = MultiprocessRunner(dpx.EnvironmentConfig(Noise, runner="multiprocess", workers=2, seed=3), key)
+    remote.read_ahead_seconds = 3600.0  # always read ahead, as far as growth and the byte cap allow
+    local = InProcessRunner(dpx.EnvironmentConfig(Noise, seed=3), key)
+    requests = [(np.arange(0, 32), 0), (np.arange(32, 64), 0), (np.arange(64, 96), 0), (np.arange(96, 100), 0),
+                (np.arange(100, 132), 1), (np.array([5, 9, 2]), 0), (np.arange(132, 164), 0), (np.arange(164, 196), 0)]
+    with remote, local:
+        previous = None
+        for ids, stream in requests:
+            batch = remote.produce(ids, stream)
+            expected = local.produce(ids, stream)
+            assert set(batch) == set(expected)
+            for name in expected:
+                np.testing.assert_array_equal(batch[name], expected[name], err_msg=f"{name} of {ids}")
+            if previous is not None:  # a batch stays valid during the next call
+                for name, (array, copy) in previous.items():
+                    np.testing.assert_array_equal(array, copy)
+            previous = {name: (array, array.copy()) for name, array in batch.items()}
+        asked = sum(len(ids) for ids, _ in requests)
+        assert remote.stats["produced"] > asked, "consecutive batches were not produced ahead"
+
+
+def test_nothing_is_read_ahead_while_environments_may_ask_for_predictions():
+    from dpx.testing_envs import Noise
+
+    remote = MultiprocessRunner(dpx.EnvironmentConfig(Noise, runner="multiprocess", workers=2, seed=3),
+                                resolve_seed(3)[1])
+    remote.read_ahead_seconds = 3600.0
+    with remote:
+        remote.connect(lambda inputs: {"prediction": inputs["input"]})
+        for first in range(0, 128, 32):
+            remote.produce(np.arange(first, first + 32))
+        assert remote.stats["produced"] == 128

@@ -131,6 +131,9 @@ class _Failure(Exception):
 class MultiprocessRunner(RemoteRunner):
     """Run ``workers`` environments in worker processes."""
 
+    #: A round trip to a worker costs ~0.1-0.3 ms on a busy machine: 5 ms of work per request hides it.
+    read_ahead_seconds = 0.005
+
     @classmethod
     def check_options(cls, config: Any) -> None:
         """Refuse bad options; in a worker re-running an unguarded script, exit before the job writes anything."""
@@ -367,8 +370,10 @@ class MultiprocessRunner(RemoteRunner):
                 idle.remove(worker)
                 worker.chunk, worker.since = chunk, time.monotonic()
                 try:
-                    worker.channel.send({"type": "produce", "ids": sample_ids[chunk[0]:chunk[1]].tolist(),
-                                         "stream": stream}, worker.since + self.options.timeout)
+                    # ids travel as one raw int64 buffer: a JSON list costs ~1 µs an id to build
+                    ids = np.ascontiguousarray(sample_ids[chunk[0]:chunk[1]], dtype=np.int64)
+                    worker.channel.send({"type": "produce", "ids": ids, "stream": stream},
+                                        worker.since + self.options.timeout)
                 except OSError as exc:
                     self._recover(_Failure(worker, self._exit_status(worker, exc)), pending, idle)
                     continue

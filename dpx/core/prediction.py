@@ -61,27 +61,86 @@ from dpx.core.session import Session, outcome_of
 log = logging.getLogger("dpx.prediction")
 
 
-@dataclass
 class ErrorStats:
     """Streaming error of predictions against the simulator's ground truth.
 
     The relative error is ``sqrt(sum of squared errors / sum of squared
     truths)`` over every step: it stays meaningful when a trajectory passes
-    through zero, where a per-step ratio would blow up.
+    through zero, where a per-step ratio would blow up. Every row's values
+    count equally (per-row means over the same width).
+
+    Running sums, fed by blocks: one-sample steps (the prediction loop's) are
+    copied into a block of :data:`BLOCK` rows and summed a block at a time, as
+    NumPy's per-call cost would otherwise exceed the sums' own.
     """
 
-    count: int = 0
-    squared: float = 0.0
-    truth_squared: float = 0.0
+    BLOCK = 1024
+
+    def __init__(self) -> None:
+        self._count, self._squared, self._truth_squared = 0, 0.0, 0.0
+        self._predictions: np.ndarray | None = None
+        self._truths: np.ndarray | None = None
+        self._held = 0
 
     def add(self, prediction: np.ndarray, truth: np.ndarray) -> None:
+        """Add a batch's squared errors; rows without a (finite) ground truth are left out."""
+        if len(truth) == 1 and prediction.shape == truth.shape:
+            if self._truths is None or self._truths.shape[1:] != truth.shape[1:]:
+                self._flush()
+                self._truths = np.empty((self.BLOCK, *truth.shape[1:]))
+                self._predictions = np.empty_like(self._truths)
+            held = self._held
+            self._truths[held] = truth[0]
+            self._predictions[held] = prediction[0]
+            self._held = held + 1
+            if self._held == self.BLOCK:
+                self._flush()
+            return
+        self._flush()
+        self._sum(prediction, truth)
+
+    def _flush(self) -> None:
+        if self._held:
+            held, self._held = self._held, 0
+            self._sum(self._predictions[:held], self._truths[:held])
+
+    def _sum(self, prediction: np.ndarray, truth: np.ndarray) -> None:
+        if not len(truth):
+            return
+        width = truth[0].size
+        truth_flat = truth.reshape(-1).astype(np.float64)
+        truth_squared = float(np.dot(truth_flat, truth_flat))
+        if math.isfinite(truth_squared):  # the usual case: two dot products
+            error = prediction.reshape(-1) - truth_flat
+            self._count += len(truth)
+            self._squared += float(np.dot(error, error)) / width
+            self._truth_squared += truth_squared / width
+            return
         rows = np.isfinite(truth.reshape(len(truth), -1)).all(axis=1)
         if not rows.any():
             return
         error = (prediction[rows] - truth[rows]).reshape(rows.sum(), -1).astype(np.float64)
-        self.count += int(rows.sum())
-        self.squared += float((error**2).mean(axis=1).sum())
-        self.truth_squared += float((truth[rows].reshape(rows.sum(), -1).astype(np.float64) ** 2).mean(axis=1).sum())
+        self._count += int(rows.sum())
+        self._squared += float((error**2).mean(axis=1).sum())
+        self._truth_squared += float((truth[rows].reshape(rows.sum(), -1).astype(np.float64) ** 2).mean(axis=1).sum())
+
+    @property
+    def count(self) -> int:
+        """Rows with a ground truth so far."""
+        self._flush()
+        return self._count
+
+    @property
+    def squared(self) -> float:
+        """Sum over rows of the mean squared error."""
+        self._flush()
+        return self._squared
+
+    @property
+    def truth_squared(self) -> float:
+        """Sum over rows of the mean squared ground truth."""
+        self._flush()
+        return self._truth_squared
 
     @property
     def mse(self) -> float:
@@ -238,11 +297,14 @@ class _Steps:
         error, network_time, environment_time, steps, recorded = ErrorStats(), 0.0, 0.0, 0, 0
         step_nb = self.p.step_nb
         outcome, run_recorded = "completed", False
+        produce, apply, add_error, inputs = self.runner.produce, self.runner.apply, error.add, self.inputs
+        clock = time.perf_counter
         try:
             for step in itertools.count() if step_nb == -1 else range(step_nb):
-                started = time.perf_counter()
-                batch = self.runner.produce(np.arange(step * instances, (step + 1) * instances), stream, pinned=True)
-                environment_time += time.perf_counter() - started
+                started = clock()
+                batch = produce(np.arange(step * instances, (step + 1) * instances), stream, pinned=True)
+                produced = clock()
+                environment_time += produced - started
                 if step == 0:
                     self._check_shapes({name: array.shape[1:] for name, array in batch.items()})
                     self.session.record_run(
@@ -252,18 +314,20 @@ class _Steps:
                         **({"recording": self.recording} if self.recording else {}), outcome="started",
                     )
                     run_recorded = True
-                    self.progress = Progress(max(step_nb, 0), desc="predict", unit="step", enabled=self.p.progress)
-                started = time.perf_counter()
-                prediction = backend.predict({name: batch[name] for name in self.inputs})[target]
-                network_time += time.perf_counter() - started
-                error.add(prediction, batch[target])
+                    self.progress = Progress(max(step_nb, 0), desc="predict", unit="step", enabled=self.p.progress,
+                                             postfix=lambda: {"mse": f"{error.mse:.3g}"})
+                    produced = clock()  # the first step's bookkeeping is neither network nor environment time
+                prediction = backend.predict({name: batch[name] for name in inputs})[target]
+                predicted = clock()
+                add_error(prediction, batch[target])
                 if self.database is not None:
                     recorded += self._record(step * instances, batch, prediction, target)
-                started = time.perf_counter()
-                self.runner.apply(prediction)
-                environment_time += time.perf_counter() - started
+                applying = clock()
+                apply(prediction)
+                environment_time += clock() - applying
+                network_time += predicted - produced
                 steps += 1
-                self.progress.update(1, mse=f"{error.mse:.3g}")
+                self.progress.update(1)
         except KeyboardInterrupt:
             if step_nb != -1:
                 outcome = "interrupted"

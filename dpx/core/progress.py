@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -12,12 +13,14 @@ class Progress:
 
     ``enabled=None`` picks a bar when stderr is a terminal and a line every
     ``log_every`` seconds otherwise (CI logs, redirected output); ``False``
-    keeps quiet.
+    keeps quiet. ``postfix`` returns values shown after the count, called
+    only when the bar or line is drawn: formatting them every step would cost
+    more than a small step.
     """
 
     def __init__(
         self, total: int, *, desc: str, unit: str = "sample", initial: int = 0,
-        enabled: bool | None = None, log_every: float = 10.0,
+        enabled: bool | None = None, log_every: float = 10.0, postfix: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.total, self.desc, self.unit, self.done = total, desc, unit, initial
         self.enabled = enabled is not False
@@ -25,6 +28,7 @@ class Progress:
         self.start = self._last_log = time.perf_counter()
         self.initial = initial
         self.postfix: dict[str, Any] = {}
+        self.postfix_source = postfix
         self.bar = None
         if self.enabled and (enabled or sys.stderr.isatty()):
             from tqdm import tqdm
@@ -33,13 +37,18 @@ class Progress:
 
     def update(self, count: int, **postfix: Any) -> None:
         self.done += count
-        self.postfix.update(postfix)
+        if postfix:
+            self.postfix.update(postfix)
         if self.bar is not None:
-            self.bar.update(count)
-            if postfix:
+            drawn = self.bar.update(count)
+            if drawn and self.postfix_source is not None:  # shown at the next refresh
+                self.postfix.update(self.postfix_source())
+            if postfix or drawn and self.postfix_source is not None:
                 self.bar.set_postfix(self.postfix, refresh=False)
         elif self.enabled and time.perf_counter() - self._last_log >= self.log_every:
             self._last_log = time.perf_counter()
+            if self.postfix_source is not None:
+                self.postfix.update(self.postfix_source())
             print(self.line(), file=sys.stderr, flush=True)
 
     @property
@@ -58,4 +67,6 @@ class Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            if self.postfix_source is not None:  # the final figures on the last line
+                self.bar.set_postfix({**self.postfix, **self.postfix_source()}, refresh=False)
             self.bar.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -210,12 +211,20 @@ class RemoteRunner(Runner):
 
     log = logging.getLogger("dpx.runners")
 
+    #: Wall time of remote work one request should carry at least: consecutive small batches are then
+    #: produced ahead in one request (see :meth:`produce`). 0 turns reading ahead off.
+    read_ahead_seconds = 0.0
+    #: Most bytes of one read-ahead buffer (there are two).
+    READ_AHEAD_BYTES = 16 << 20
+
     def _prepare(self, max_restarts: int) -> None:
         self.instance_nb = self.config.workers
         self.max_restarts, self.restarts = max_restarts, 0
         self._batches: list[dict[str, np.ndarray]] = [{} for _ in range(BUFFERS)]
         self._turn = 0
         self._fields: dict[str, Field] = {}
+        self._ahead: tuple[int, int, int, int] | None = None  # buffer, first id, stream, samples held
+        self._seconds_per_sample = 0.0
 
     @property
     def fields(self) -> dict[str, Field]:
@@ -233,15 +242,56 @@ class RemoteRunner(Runner):
         raise NotImplementedError
 
     def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
-        """Produce ``sample_ids`` across the environments; ``pinned`` gives row ``i`` to environment ``i``."""
-        count = len(sample_ids)
-        batch = self._batches[self._turn]
-        if batch and len(next(iter(batch.values()))) < count:
+        """Produce ``sample_ids`` across the environments; ``pinned`` gives row ``i`` to environment ``i``.
+
+        A request costs a round trip per chunk, more than a few small samples
+        take to make: with ``read_ahead_seconds``, a batch of consecutive ids is
+        made together with the batches that follow it, enough for about that
+        much work, and the next calls asking for them are served from the
+        buffer. Samples depend only on their id, so the batches are the same.
+        Nothing is read ahead for pinned batches, nor while environments may ask
+        for predictions (they would get an older network's), hand back refused
+        samples or show samples (samples never asked for would be recorded or
+        shown).
+        """
+        ids = np.asarray(sample_ids)
+        count = len(ids)
+        consecutive = count > 0 and int(ids[-1]) - int(ids[0]) == count - 1 and (count < 3 or bool((np.diff(ids) == 1).all()))
+        if self._ahead is not None and consecutive and not pinned:
+            turn, first, ahead_stream, held = self._ahead
+            offset = int(ids[0]) - first
+            if ahead_stream == stream and 0 <= offset and offset + count <= held:
+                return {name: array[offset : offset + count] for name, array in self._batches[turn].items()}
+        span = self._read_ahead_span(count) if consecutive and not pinned and self._may_read_ahead() else count
+        if span > count:
+            ids = np.arange(int(ids[0]), int(ids[0]) + span)
+        turn = self._turn
+        batch = self._batches[turn]
+        if batch and len(next(iter(batch.values()))) < span:
             batch.clear()  # allocated again, larger, as the chunks arrive
-        self._turn = (self._turn + 1) % BUFFERS
-        chunks = deque(cut_batch(count, self.instance_nb, getattr(self.options, "chunk_size", None), pinned))
-        self._run_chunks(chunks, np.asarray(sample_ids), stream, batch, count, pinned)
+        self._turn = (turn + 1) % BUFFERS
+        chunks = deque(cut_batch(span, self.instance_nb, getattr(self.options, "chunk_size", None), pinned))
+        started = time.perf_counter()
+        self._run_chunks(chunks, ids, stream, batch, span, pinned)
+        self._seconds_per_sample = (time.perf_counter() - started) / span
+        self._ahead = (turn, int(ids[0]), stream, span) if span > count else None
         return {name: array[:count] for name, array in batch.items()}
+
+    def _may_read_ahead(self) -> bool:
+        return (self.read_ahead_seconds > 0 and self.on_wrong_sample is None
+                and getattr(self, "predictor", None) is None and getattr(self, "visualizer", None) is None)
+
+    def _read_ahead_span(self, count: int) -> int:
+        """Samples to make for a batch of ``count``: whole batches, about ``read_ahead_seconds`` of work,
+        at most 8 times the last span (the measure starts from one batch) and ``READ_AHEAD_BYTES``."""
+        if not self._seconds_per_sample or not self._fields:
+            return count
+        batches = self.read_ahead_seconds / (self._seconds_per_sample * count)
+        sample_bytes = sum(max(1, f.dtype.itemsize * math.prod(f.shape)) if f.dtype is not None and f.shape is not None
+                           else 1 for f in self._fields.values())
+        most = max(1, self.READ_AHEAD_BYTES // (sample_bytes * count))
+        previous = self._ahead[3] // count if self._ahead is not None else 1
+        return count * max(1, min(int(batches), most, 8 * previous))
 
     def _run_chunks(self, pending: deque, sample_ids: np.ndarray, stream: int, batch: dict[str, np.ndarray],
                     count: int, pinned: bool) -> None:

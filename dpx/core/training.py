@@ -325,6 +325,7 @@ class _Run:
         self.stats: Stats | None = None
         self.progress: Progress | None = None
         self.step = self.samples = self.starved = self.replayed = 0
+        self.last_loss = math.nan
         self.fields = self.config.input_fields + self.config.target_fields
         #: The first sample id the next producing epoch makes (what is stored before it stays).
         self.next_sample = self._stored()
@@ -360,7 +361,8 @@ class _Run:
                 self.feed.release()
         per_epoch = self._batches_per_epoch()
         total = per_epoch * self.p.epoch_nb
-        self.progress = Progress(total, desc="train", unit="batch", initial=per_epoch * first_epoch, enabled=self.p.progress)
+        self.progress = Progress(total, desc="train", unit="batch", initial=per_epoch * first_epoch, enabled=self.p.progress,
+                                 postfix=self._progress_figures)
         epoch_loss, validation = math.nan, None
         start = time.perf_counter()
         for epoch in range(first_epoch, self.p.epoch_nb):
@@ -492,9 +494,14 @@ class _Run:
         self.step += 1
         self.samples += len(next(iter(batch.values())))
         self.stats.batch(self.step, loss, metrics, self.backend.learning_rate)
-        online = {"replayed": self.replayed, "waited": self.starved} if self.feed is not None else {}
-        self.progress.update(1, loss=f"{loss:.4g}", **online)
+        self.last_loss = loss
+        self.progress.update(1)
         return loss
+
+    def _progress_figures(self) -> dict[str, Any]:
+        """What the progress line shows after the count (computed only when it is drawn)."""
+        online = {"replayed": self.replayed, "waited": self.starved} if self.feed is not None else {}
+        return {"loss": f"{self.last_loss:.4g}", **online}
 
     def _validation_loss(self) -> float | None:
         if "validation" not in self.database.modes or self.database.count("validation") == 0:
