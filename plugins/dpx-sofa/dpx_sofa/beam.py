@@ -52,6 +52,17 @@ class SofaBeam(SofaEnvironment):
     and ``animate_steps``.
     """
 
+    plugins = (
+        "Sofa.Component.StateContainer",  # MechanicalObject
+        "Sofa.Component.ODESolver.Backward",  # EulerImplicitSolver
+        "Sofa.Component.LinearSolver.Iterative",  # CGLinearSolver
+        "Sofa.Component.Topology.Container.Grid",  # RegularGridTopology
+        "Sofa.Component.Mass",  # UniformMass
+        "Sofa.Component.SolidMechanics.FEM.Elastic",  # HexahedronFEMForceField
+        "Sofa.Component.Constraint.Projective",  # FixedProjectiveConstraint
+        "Sofa.Component.MechanicalLoad",  # ConstantForceField
+    )
+
     def __init__(
         self,
         *,

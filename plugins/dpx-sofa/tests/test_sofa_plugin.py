@@ -1,0 +1,105 @@
+"""dpx-sofa's plugin listing and parameters: what needs no SOFA, or needs SOFA's absence.
+
+A SOFA build is made importable by putting its SofaPython3 site-packages on
+PYTHONPATH (``scripts/test.sh`` does it when ``../shared/sofa`` is there); the
+missing-SOFA tests run dpx in a subprocess with those entries removed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import dpx.testing
+from dpx_sofa._sofa import MISSING_SOFA, sofa_installed
+from dpx_sofa.beam import SofaBeam
+
+
+def without_sofa() -> dict[str, str]:
+    """This interpreter's environment without DPX_ variables and without SOFA's Python packages."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DPX_")}
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not (Path(p) / "Sofa").is_dir()]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def run_dpx(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, check=True, timeout=300)
+
+
+def test_plugin_module_imports_nothing_heavy() -> None:
+    dpx.testing.assert_light_import("dpx_sofa")
+
+
+def test_entry_point_is_installed() -> None:
+    distribution = importlib.metadata.distribution("dpx-sofa")
+    assert distribution.version == "0.1.0"
+    assert [(ep.name, ep.value) for ep in distribution.entry_points if ep.group == "dpx"] == [("sofa", "dpx_sofa")]
+
+
+def test_listed_as_unavailable_with_the_reason_when_sofa_is_missing() -> None:
+    rows = {row["name"]: row for row in json.loads(run_dpx("-m", "dpx", "plugins", "--json", env=without_sofa()).stdout)}
+    sofa = rows["sofa"]
+    assert (sofa["status"], sofa["distribution"]) == ("unavailable", "dpx-sofa")
+    assert sofa["error"] == MISSING_SOFA
+    assert rows["dpx"]["status"] == "ok", "a missing SOFA must not break the other plugins"
+    listing = run_dpx("-m", "dpx", "plugins", env=without_sofa())
+    (line,) = [line for line in listing.stdout.splitlines() if line.startswith("sofa ")]
+    assert "unavailable: " + MISSING_SOFA in line
+    assert "sofa" not in listing.stderr, "a missing optional simulator is not worth a warning"
+
+
+def test_without_sofa_strict_mode_lists_it_unavailable_and_creating_raises_the_install_hint() -> None:
+    code = (
+        "import dpx.plugins\n"
+        "from dpx.testing import prepare_environment\n"
+        "from dpx_sofa.beam import SofaBeam\n"
+        "for strict in (False, True):\n"
+        "    info = dpx.plugins.Plugins(entry_points=False, strict=strict, dev_modules=['dpx_sofa']).plugins['dpx_sofa']\n"
+        "    print(info.status, info.error)\n"
+        "try:\n"
+        "    prepare_environment(SofaBeam(grid_resolution=(4, 2, 2)))\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    lines = run_dpx("-c", code, env=without_sofa()).stdout.splitlines()
+    assert lines[:2] == [f"unavailable {MISSING_SOFA}"] * 2
+    assert lines[2].startswith(MISSING_SOFA + " (ModuleNotFoundError: No module named 'Sofa')")
+
+
+@pytest.mark.skipif(not sofa_installed(), reason="no SOFA build on PYTHONPATH (scripts/test.sh activates ../shared/sofa)")
+def test_listed_ok_with_its_environments_when_sofa_is_importable() -> None:
+    rows = {row["name"]: row for row in json.loads(run_dpx("-m", "dpx", "plugins", "--json").stdout)}
+    assert rows["sofa"]["status"] == "ok", rows["sofa"]["error"]
+    assert rows["sofa"]["provides"]["environments"]["sofa.beam"]["path"] == "dpx_sofa.beam:SofaBeam"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"grid_resolution": (1, 2, 2)}, "grid_resolution"),
+        ({"grid_resolution": (4, 2)}, "grid_resolution"),
+        ({"grid_resolution": (4.0, 2, 2)}, "grid_resolution"),
+        ({"size": (4.0, 0.0, 1.0)}, "size"),
+        ({"young_modulus": -1.0}, "young_modulus"),
+        ({"poisson_ratio": 0.5}, "poisson_ratio"),
+        ({"total_mass": 0}, "total_mass"),
+        ({"force_range": (2.0, 1.0)}, "force_range"),
+        ({"force_range": (-1.0, 1.0)}, "force_range"),
+        ({"rayleigh_mass": -0.1}, "rayleigh_mass"),
+        ({"cg_iterations": 0}, "cg_iterations"),
+        ({"cg_tolerance": 0.0}, "cg_tolerance"),
+        ({"dt": float("nan")}, "dt"),
+        ({"animate_steps": 0}, "animate_steps"),
+    ],
+)
+def test_parameters_are_validated(kwargs: dict[str, Any], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        SofaBeam(**kwargs)
