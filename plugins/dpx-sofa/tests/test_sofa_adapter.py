@@ -152,6 +152,23 @@ def test_apply_prediction_writes_float32_predictions_into_the_prediction_grid(so
     env.close()
 
 
+def test_the_grid_layout_holds_the_same_sample_channel_first_for_a_unet(sofa: Any) -> None:
+    nodes, grid = (created(SofaBeam(**SMALL, layout=layout), seed=2) for layout in ("nodes", "grid"))
+    nodes.step()
+    grid.step()
+    assert grid.fields["input"].shape == grid.sample["ground_truth"].shape == (3, 4, 2, 2)
+    for name in ("input", "ground_truth"):
+        # node (i, j, k) is number i + nx * (j + ny * k)
+        np.testing.assert_array_equal(grid.sample[name][:, 3, 1, 0], nodes.sample[name][3 + 4 * 1])
+        np.testing.assert_array_equal(grid.to_nodes(grid.sample[name]), nodes.sample[name])
+    grid.apply_prediction({"prediction": grid.sample["ground_truth"]})
+    np.testing.assert_allclose(grid.read_positions(grid.shown), grid.read_positions(grid.state), atol=1e-6)
+    nodes.close()
+    grid.close()
+    with pytest.raises(ValueError, match="layout must be one of 'nodes', 'grid'"):
+        SofaBeam(layout="cells")
+
+
 def test_read_positions_copies_sofas_read_only_view_and_write_positions_checks_the_shape(sofa: Any) -> None:
     env = created(SofaBeam(**SMALL))
     env.step()
