@@ -1,7 +1,9 @@
 """The bridge between a SOFA scene and dpx's Environment API.
 
-A SOFA environment writes four hooks and lets :class:`SofaEnvironment` do the
-rest (plugins, root node, initialisation, time stepping, unloading):
+A SOFA environment names the SOFA modules its components come from
+(:attr:`SofaEnvironment.plugins`), writes four hooks and lets
+:class:`SofaEnvironment` do the rest (loading the modules, root node,
+initialisation and its errors, time stepping, unloading):
 
 ``create_scene(root)``
     add nodes and components under the root node;
