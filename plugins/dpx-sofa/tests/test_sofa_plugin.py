@@ -103,3 +103,32 @@ def test_listed_ok_with_its_environments_when_sofa_is_importable() -> None:
 def test_parameters_are_validated(kwargs: dict[str, Any], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         SofaBeam(**kwargs)
+
+
+STATIC_PYTHON = Path("/usr/bin/python3.11")
+
+
+@pytest.mark.skipif(not sofa_installed() or not STATIC_PYTHON.exists(),
+                    reason="needs a SOFA build and Debian's /usr/bin/python3.11 (Python linked in statically)")
+def test_a_python_that_does_not_match_sofapython3_is_refused_with_the_reason() -> None:
+    """The most common SOFA install failure: SofaPython3 run by another Python than the one it was built for."""
+    module = Path(__file__).resolve().parents[1] / "dpx_sofa" / "_sofa.py"
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('sofa_finder', {str(module)!r})\n"
+        "finder = importlib.util.module_from_spec(spec); spec.loader.exec_module(finder)\n"
+        "try:\n"
+        "    finder.import_sofa()\n"
+        "except ImportError as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
+    import numpy  # SofaPython3 needs it: lend this venv's (same CPython 3.11 ABI)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""),
+                                                        str(Path(numpy.__file__).parents[1])])}
+    result = subprocess.run([str(STATIC_PYTHON), "-c", code], capture_output=True, text=True, timeout=120,
+                            check=False, env=env)
+    refusal = [line for line in result.stdout.splitlines() if line.startswith("REFUSED")]
+    assert refusal, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "SofaPython3 loaded a second copy of Python" in refusal[0] and "libpython3.11.so" in refusal[0]
+    assert "linked in statically" in refusal[0]
