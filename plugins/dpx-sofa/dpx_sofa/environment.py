@@ -104,7 +104,7 @@ class SofaEnvironment(dpx.Environment):
         self.build(sofa.Core.Node("root"))
         # initRoot is the root's entry point from SofaPython3 v24.12; earlier versions only have init
         initialise = getattr(sofa.Simulation, "initRoot", sofa.Simulation.init)
-        with _SofaErrors(sofa) as errors:
+        with _SofaErrors() as errors:
             initialise(self.root)
         invalid = [f"{component.getPathName()} ({component.getClassName()})"
                    for component in _components(self.root) if _state(component) == "Invalid"]
@@ -307,13 +307,13 @@ class SofaEnvironment(dpx.Environment):
 class _SofaErrors:
     """Collects SOFA's error messages while open (SofaPython3's ``Sofa.Helper.MessageHandler``)."""
 
-    def __init__(self, sofa: Any) -> None:
+    def __init__(self) -> None:
         import Sofa.Helper
 
         handler_base = getattr(Sofa.Helper, "MessageHandler", None)
         self.messages: list[str] = []
         self._handler = None
-        if handler_base is not None:  # SofaPython3 before v23.12 has none: only invalid components are seen
+        if handler_base is not None:  # older SofaPython3 may lack it: then only invalid components are seen
             messages = self.messages
 
             class Handler(handler_base):  # type: ignore[misc, valid-type]
