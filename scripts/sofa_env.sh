@@ -26,3 +26,4 @@ else
     echo "dpx: SOFA activated from $DPX_SOFA_SHARED (SOFA_ROOT=$SOFA_ROOT): dpx-sofa runs against it"
 fi
 unset _dpx_sofa_python_fits
+export DPX_SOFA_SHARED  # dpx-sofa's tests check this activation against it
