@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,10 +109,25 @@ def test_parameters_are_validated(kwargs: dict[str, Any], named: str) -> None:
 STATIC_PYTHON = Path("/usr/bin/python3.11")
 
 
-@pytest.mark.skipif(not sofa_installed() or not STATIC_PYTHON.exists(),
-                    reason="needs a SOFA build and Debian's /usr/bin/python3.11 (Python linked in statically)")
-def test_a_python_that_does_not_match_sofapython3_is_refused_with_the_reason() -> None:
-    """The most common SOFA install failure: SofaPython3 run by another Python than the one it was built for."""
+def other_python() -> str | None:
+    """A CPython other than 3.11 that runs here: on PATH, or beside this one (pyenv's versions folder)."""
+    candidates = [shutil.which(f"python3.{minor}") for minor in (12, 13, 10)]
+    candidates += sorted(str(p) for p in Path(sys.base_prefix).parent.glob("3.1[023].*/bin/python3.1[023]"))
+    for candidate in filter(None, candidates):
+        run = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[:2] != (3, 11))"],
+                             capture_output=True, text=True, check=False)
+        if run.returncode == 0 and run.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+OTHER_PYTHON = other_python()
+
+
+def import_sofa_with(python: str) -> str:
+    """What ``import_sofa`` raises when run by ``python`` (dpx_sofa/_sofa.py needs only the standard library)."""
+    import numpy  # SofaPython3 needs it: lend this venv's (the same CPython 3.11 ABI for the static one)
+
     module = Path(__file__).resolve().parents[1] / "dpx_sofa" / "_sofa.py"
     code = (
         "import importlib.util, sys\n"
@@ -122,13 +138,26 @@ def test_a_python_that_does_not_match_sofapython3_is_refused_with_the_reason() -
         "except ImportError as exc:\n"
         "    print('REFUSED', exc)\n"
     )
-    import numpy  # SofaPython3 needs it: lend this venv's (same CPython 3.11 ABI)
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.environ.get("PYTHONPATH", ""),
                                                         str(Path(numpy.__file__).parents[1])])}
-    result = subprocess.run([str(STATIC_PYTHON), "-c", code], capture_output=True, text=True, timeout=120,
-                            check=False, env=env)
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120, check=False, env=env)
     refusal = [line for line in result.stdout.splitlines() if line.startswith("REFUSED")]
     assert refusal, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "SofaPython3 loaded a second copy of Python" in refusal[0] and "libpython3.11.so" in refusal[0]
-    assert "linked in statically" in refusal[0]
+    return refusal[0]
+
+
+@pytest.mark.skipif(not sofa_installed() or not STATIC_PYTHON.exists(),
+                    reason="needs a SOFA build and Debian's /usr/bin/python3.11 (Python linked in statically)")
+def test_a_python_that_would_load_a_second_python_is_refused_with_the_reason() -> None:
+    """The most common SOFA install failure: SofaPython3 run by another Python than the one it was built for."""
+    refusal = import_sofa_with(str(STATIC_PYTHON))
+    assert "SofaPython3 loaded a second copy of Python" in refusal and "libpython3.11.so" in refusal
+    assert "linked in statically" in refusal
+
+
+@pytest.mark.skipif(not sofa_installed() or OTHER_PYTHON is None,
+                    reason="needs a SOFA build for Python 3.11 and another CPython 3 to run it with")
+def test_a_sofapython3_built_for_another_python_says_so() -> None:
+    refusal = import_sofa_with(OTHER_PYTHON)
+    assert refusal.startswith(f"REFUSED {MISSING_SOFA} (ModuleNotFoundError: No module named 'Sofa.")
+    assert "; this is Python 3.1" in refusal and "SofaPython3 must be built for the same Python" in refusal
