@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import dpx
 
@@ -130,6 +131,9 @@ def main() -> None:
     args = parser.parse_args()
     samples = 2048 // (8 if args.quick else 1)
 
+    # The trained UNet's activations underflow to denormal floats, which x86 CPUs compute about 40x more
+    # slowly (25 ms instead of 0.6 ms per prediction here): flush them to zero, as CPU inference usually does.
+    torch.set_flush_denormal(True)
     run = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     results = [evaluate(run, case, samples, args.seed, args.steps) for case in cases(args.quick)]
 
