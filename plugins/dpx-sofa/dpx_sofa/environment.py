@@ -110,6 +110,7 @@ class SofaEnvironment(dpx.Environment):
                    for component in _components(self.root) if _state(component) == "Invalid"]
         if errors.messages or invalid:
             problems = errors.messages or [f"{name} is invalid (see SOFA's log above)" for name in invalid]
+            self.close()
             raise SceneError(f"{type(self).__name__}: SOFA could not initialise the scene: " + "; ".join(problems))
 
     def step(self) -> None:

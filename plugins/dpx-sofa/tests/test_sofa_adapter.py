@@ -80,9 +80,11 @@ def test_a_scene_sofa_fails_to_initialise_raises_sofas_message(sofa: Any) -> Non
     """SOFA only logs an init error (and would simulate nothing): create() raises it."""
     from dpx_sofa.testing_envs import UnmeshedBeam
 
+    env = UnmeshedBeam(**SMALL)
     with pytest.raises(SceneError, match=r"UnmeshedBeam: SOFA could not initialise the scene: \[ERROR\] /beam/fem: "
                                          r"No topology component found"):
-        created(UnmeshedBeam(**SMALL))
+        created(env)
+    assert env.root is None and env.controller is None, "the failed scene is unloaded"
 
 
 def test_component_names_follow_the_installed_sofa(sofa: Any) -> None:
