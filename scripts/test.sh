@@ -3,6 +3,7 @@
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k storage`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/sofa_env.sh"
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -14,6 +14,9 @@ import numpy as np
 from dpx.checks import float_range, number, positive_float, positive_int, triple
 from dpx_sofa.environment import SceneError, SofaEnvironment
 
+#: The fields' shapes: ``(n_nodes, 3)`` or channel-first ``(3, nx, ny, nz)``.
+LAYOUTS = ("nodes", "grid")
+
 
 class SofaBeam(SofaEnvironment):
     """A beam along x, clamped at ``x = 0`` and loaded at ``x = length``.
@@ -36,21 +39,37 @@ class SofaBeam(SofaEnvironment):
     :meth:`apply_prediction` shows the predicted shape in the ``prediction``
     node, which has no solver: the simulated beam stays the ground truth.
 
-    Fields (``n_nodes = nx * ny * nz``, nodes numbered x fastest, then y, then z):
+    Fields (``n_nodes = nx * ny * nz``, nodes numbered x fastest, then y, then z),
+    in the shape ``layout`` chooses: ``"nodes"``, ``(n_nodes, 3)`` (an FC
+    network), or ``"grid"``, channel first ``(3, nx, ny, nz)`` (a 3D UNet):
 
     ``input``
-        ``float32 (n_nodes, 3)``: the force on each node (zero except at the free end).
+        ``float32``: the force on each node (zero except at the free end).
     ``ground_truth``
-        ``float32 (n_nodes, 3)``: each node's displacement from rest.
+        ``float32``: each node's displacement from rest.
+
+    With a viewer (``visualizer="vedo"``) SOFA's beam is drawn in green and,
+    beside it (shifted along y), the network's in red.
 
     Parameters: ``grid_resolution`` (nodes along x, y, z; each >= 2),
     ``size`` (beam extent along x, y, z; > 0), ``young_modulus`` (> 0),
     ``poisson_ratio`` (in [0, 0.5)), ``total_mass`` (> 0), ``force_range``
     (magnitude of the total force, ``(low, high)`` with ``0 <= low``),
     ``rayleigh_stiffness`` and ``rayleigh_mass`` (>= 0), ``cg_iterations``
-    (>= 1), ``cg_tolerance`` (> 0), and :class:`SofaEnvironment`'s ``dt``
-    and ``animate_steps``.
+    (>= 1), ``cg_tolerance`` (> 0), ``layout`` (``"nodes"`` or ``"grid"``),
+    and :class:`SofaEnvironment`'s ``dt`` and ``animate_steps``.
     """
+
+    plugins = (
+        "Sofa.Component.StateContainer",  # MechanicalObject
+        "Sofa.Component.ODESolver.Backward",  # EulerImplicitSolver
+        "Sofa.Component.LinearSolver.Iterative",  # CGLinearSolver
+        "Sofa.Component.Topology.Container.Grid",  # RegularGridTopology
+        "Sofa.Component.Mass",  # UniformMass
+        "Sofa.Component.SolidMechanics.FEM.Elastic",  # HexahedronFEMForceField
+        "Sofa.Component.Constraint.Projective",  # FixedProjectiveConstraint
+        "Sofa.Component.MechanicalLoad",  # ConstantForceField
+    )
 
     def __init__(
         self,
@@ -65,6 +84,7 @@ class SofaBeam(SofaEnvironment):
         rayleigh_mass: float = 0.1,
         cg_iterations: int = 50,
         cg_tolerance: float = 1e-9,
+        layout: str = "nodes",
         dt: float = 0.1,
         animate_steps: int = 20,
     ) -> None:
@@ -79,8 +99,12 @@ class SofaBeam(SofaEnvironment):
         self.rayleigh_mass = number("rayleigh_mass", rayleigh_mass, minimum=0.0)
         self.cg_iterations = positive_int("cg_iterations", cg_iterations)
         self.cg_tolerance = positive_float("cg_tolerance", cg_tolerance)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+        self.layout = layout
         nx, ny, nz = self.grid_resolution
         self.n_nodes = nx * ny * nz
+        self.field_shape = (self.n_nodes, 3) if layout == "nodes" else (3, nx, ny, nz)
         # RegularGridTopology numbers node (i, j, k) as i + nx * (j + ny * k)
         i, _, _ = np.unravel_index(np.arange(self.n_nodes), (nx, ny, nz), order="F")
         #: Nodes at x = 0 (held fixed) and at x = length (loaded).
@@ -89,6 +113,7 @@ class SofaBeam(SofaEnvironment):
         self.state: Any = None
         self.load: Any = None
         self.shown: Any = None
+        self._visual: tuple[int, int] | None = None
 
     def create_scene(self, root: Any) -> None:
         root.gravity.value = [0.0, 0.0, 0.0]  # the force field is the only load
@@ -136,9 +161,17 @@ class SofaBeam(SofaEnvironment):
 
     def init_database(self) -> None:
         self.define_training_fields(
-            ("input", np.float32, (self.n_nodes, 3)),
-            ("ground_truth", np.float32, (self.n_nodes, 3)),
+            ("input", np.float32, self.field_shape),
+            ("ground_truth", np.float32, self.field_shape),
         )
+
+    def init_visualization(self) -> None:
+        """SOFA's beam (green) and, beside it along y, the network's (red), as hexahedral meshes."""
+        rest = self.read_positions(self.state, "rest_position")
+        self._beside = np.array([0.0, 1.5 * self.size[1], 0.0])
+        cells = _hexahedra(self.grid_resolution)
+        self._visual = (self.factory.add_mesh(rest, cells, color="green"),
+                        self.factory.add_mesh(rest + self._beside, cells, color="red"))
 
     def start_sample(self) -> None:
         """Reset the beam to rest and load its free end with a new random force."""
@@ -148,10 +181,14 @@ class SofaBeam(SofaEnvironment):
         self.write_data(self.load, "forces", np.tile(total / len(self.free_end), (len(self.free_end), 1)))
 
     def read_sample(self) -> None:
-        forces = np.zeros((self.n_nodes, 3), np.float32)
+        forces = np.zeros((self.n_nodes, 3), np.float64)
         forces[self.read_data(self.load, "indices").astype(np.intp)] = self.read_data(self.load, "forces")
-        displacement = self.read_positions(self.state) - self.read_positions(self.state, "rest_position")
-        self.set_training_data(input=forces, ground_truth=displacement.astype(np.float32))
+        positions = self.read_positions(self.state)
+        displacement = positions - self.read_positions(self.state, "rest_position")
+        self.set_training_data(input=self.as_field(forces), ground_truth=self.as_field(displacement))
+        if self._visual is not None:
+            self.factory.update(self._visual[0], positions=positions)
+            self.update_visualisation()
 
     def apply_prediction(self, prediction: Mapping[str, np.ndarray]) -> None:
         """Show the predicted displacement on the ``prediction`` node's grid."""
@@ -160,8 +197,38 @@ class SofaBeam(SofaEnvironment):
             raise ValueError(
                 f"SofaBeam expects a displacement of {self.n_nodes} x 3 values, got shape {displacement.shape}"
             )
-        rest = self.read_positions(self.shown, "rest_position")
-        self.write_positions(self.shown, rest + displacement.reshape(self.n_nodes, 3))
+        positions = self.read_positions(self.shown, "rest_position") + self.to_nodes(displacement)
+        self.write_positions(self.shown, positions)
+        if self._visual is not None:
+            self.factory.update(self._visual[1], positions=positions + self._beside)
+            self.update_visualisation()
+
+    def as_field(self, nodal: np.ndarray) -> np.ndarray:
+        """A new float32 array of ``(n_nodes, 3)`` values in the fields' layout."""
+        if self.layout == "nodes":
+            return np.array(nodal, dtype=np.float32)
+        nx, ny, nz = self.grid_resolution
+        return np.ascontiguousarray(np.reshape(nodal, (nz, ny, nx, 3)).transpose(3, 2, 1, 0), dtype=np.float32)
+
+    def to_nodes(self, field: np.ndarray) -> np.ndarray:
+        """A new float64 ``(n_nodes, 3)`` array from values in the fields' layout (or flattened)."""
+        field = np.asarray(field, dtype=np.float64)
+        if self.layout == "nodes":
+            return field.reshape(self.n_nodes, 3).copy()
+        nx, ny, nz = self.grid_resolution
+        return np.ascontiguousarray(field.reshape(3, nx, ny, nz).transpose(3, 2, 1, 0).reshape(self.n_nodes, 3))
+
+
+def _hexahedra(resolution: tuple[int, int, int]) -> np.ndarray:
+    """The grid's cells as 8 node numbers each, in VTK's hexahedron order (nodes numbered x fastest)."""
+    nx, ny, nz = resolution
+    i, j, k = (axis.ravel() for axis in np.meshgrid(np.arange(nx - 1), np.arange(ny - 1), np.arange(nz - 1), indexing="ij"))
+
+    def node(di: int, dj: int, dk: int) -> np.ndarray:
+        return (i + di) + nx * ((j + dj) + ny * (k + dk))
+
+    corners = [(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (1, 1, 1), (0, 1, 1)]
+    return np.stack([node(*corner) for corner in corners], axis=1)
 
 
 def _grid_count(name: str, value: Any) -> int:

@@ -1,7 +1,9 @@
 """The bridge between a SOFA scene and dpx's Environment API.
 
-A SOFA environment writes four hooks and lets :class:`SofaEnvironment` do the
-rest (plugins, root node, initialisation, time stepping, unloading):
+A SOFA environment names the SOFA modules its components come from
+(:attr:`SofaEnvironment.plugins`), writes four hooks and lets
+:class:`SofaEnvironment` do the rest (loading the modules, root node,
+initialisation and its errors, time stepping, unloading):
 
 ``create_scene(root)``
     add nodes and components under the root node;
@@ -31,6 +33,7 @@ This module does not import SOFA; :meth:`SofaEnvironment.create` does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,8 +59,10 @@ class SofaEnvironment(dpx.Environment):
     Subclasses take their own keyword arguments and pass these two on.
     """
 
-    #: SOFA plugins loaded before the scene is built ("Sofa.Component" holds the standard components).
-    plugins: tuple[str, ...] = ("Sofa.Component",)
+    #: The SOFA modules (plugins) the scene's components come from, loaded before it is built.
+    #: Name each module (``"Sofa.Component.Mass"``): SOFA builds need not hold the umbrella
+    #: ``"Sofa.Component"``, which only loads all of them.
+    plugins: tuple[str, ...] = ()
     #: The root's animation loop; None when :meth:`create_scene` adds its own.
     animation_loop: str | None = "DefaultAnimationLoop"
 
@@ -90,29 +95,57 @@ class SofaEnvironment(dpx.Environment):
     # -- dpx lifecycle ------------------------------------------------------------------
 
     def create(self) -> None:
-        """Import SOFA, build the scene in a new root node and initialise it."""
+        """Import SOFA, build the scene in a new root node and initialise it.
+
+        Raises :class:`SceneError` with SOFA's own messages when a component
+        fails to initialise: SOFA only logs it and would simulate nothing.
+        """
         sofa, _ = import_sofa()
         self.build(sofa.Core.Node("root"))
         # initRoot is the root's entry point from SofaPython3 v24.12; earlier versions only have init
         initialise = getattr(sofa.Simulation, "initRoot", sofa.Simulation.init)
-        initialise(self.root)
+        with _SofaErrors() as errors:
+            initialise(self.root)
+        invalid = [f"{component.getPathName()} ({component.getClassName()})"
+                   for component in _components(self.root) if _state(component) == "Invalid"]
+        if errors.messages or invalid:
+            problems = errors.messages or [f"{name} is invalid (see SOFA's log above)" for name in invalid]
+            self.close()
+            raise SceneError(f"{type(self).__name__}: SOFA could not initialise the scene: " + "; ".join(problems))
 
     def step(self) -> None:
         """Start a sample, run ``animate_steps`` SOFA time steps, read the sample."""
         self.start_sample()
-        animate = self._sofa.Simulation.animate
         self._dpx_animating = True
         try:
-            for _ in range(self.animate_steps):
-                animate(self.root, self.dt)
+            self.animate(self.animate_steps)
         finally:
             self._dpx_animating = False
         self.read_sample()
 
+    def animate(self, steps: int = 1) -> None:
+        """Run ``steps`` SOFA time steps of ``dt``, raising what the controller's handlers raised.
+
+        SOFA logs and swallows exceptions raised in a controller's event
+        handlers; the controller keeps the first one and this re-raises it.
+        """
+        animate = self._sofa.Simulation.animate
+        for _ in range(steps):
+            animate(self.root, self.dt)
+            self.controller.raise_failure()
+
     def close(self) -> None:
-        """Unload the scene, releasing SOFA's components."""
+        """Unload the scene and drop every reference to its components.
+
+        SOFA frees an unloaded scene's components; an attribute still holding
+        one (``self.state``) would point at freed memory.
+        """
         if self.root is not None:
-            self._sofa.Simulation.unload(self.root)
+            sofa = self._sofa
+            sofa.Simulation.unload(self.root)
+            for name, value in list(vars(self).items()):
+                if isinstance(value, sofa.Core.Base):
+                    setattr(self, name, None)
         self.root = self.controller = None
 
     # -- building the scene -----------------------------------------------------------------
@@ -126,8 +159,13 @@ class SofaEnvironment(dpx.Environment):
         from dpx_sofa.controller import EnvironmentController
 
         self._sofa = sofa
-        for plugin in self.plugins:
-            runtime.importPlugin(plugin)
+        # importPlugin returns False (and SOFA logs why) rather than raising
+        missing = [plugin for plugin in self.plugins if not runtime.importPlugin(plugin)]
+        if missing:
+            raise SceneError(
+                f"{type(self).__name__}: SOFA could not load the plugin(s) {', '.join(missing)} its scene needs "
+                f"(SOFA_ROOT={os.environ.get('SOFA_ROOT', 'unset')}); use a SOFA build that has them"
+            )
         root.dt.value = self.dt
         if self.animation_loop is not None:
             root.addObject(self.animation_loop, name="animation_loop")
@@ -219,7 +257,7 @@ class SofaEnvironment(dpx.Environment):
                 f"cannot write an array of shape {values.shape} into {component.getPathName()}.{name}, "
                 f"which has shape {shape}"
             )
-        with data.writeableArray() as target:
+        with data.writeable() as target:
             target[...] = values
 
     def read_positions(self, mechanical_object: Any, data: str = "position") -> np.ndarray:
@@ -264,7 +302,51 @@ class SofaEnvironment(dpx.Environment):
                 f"{type(self).__name__} holds a live SOFA simulation, which cannot be sent to another process; "
                 "send its class and parameters and build it there"
             )
-        return self.__dict__.copy()
+        return {**self.__dict__, "_sofa": None}  # a module; create() imports it again
+
+
+class _SofaErrors:
+    """Collects SOFA's error messages while open (SofaPython3's ``Sofa.Helper.MessageHandler``)."""
+
+    def __init__(self) -> None:
+        import Sofa.Helper
+
+        handler_base = getattr(Sofa.Helper, "MessageHandler", None)
+        self.messages: list[str] = []
+        self._handler = None
+        if handler_base is not None:  # older SofaPython3 may lack it: then only invalid components are seen
+            messages = self.messages
+
+            class Handler(handler_base):  # type: ignore[misc, valid-type]
+                def process(self, message: dict[str, Any]) -> None:
+                    if message.get("type") in ("Error", "Fatal"):
+                        component = message.get("component")
+                        where = component.getPathName() if component is not None else message.get("sender", "")
+                        messages.append(f"[{message['type'].upper()}] {where}: {message.get('message', '').strip()}")
+
+            self._handler = Handler()
+
+    def __enter__(self) -> _SofaErrors:
+        if self._handler is not None:
+            self._handler.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._handler is not None:
+            self._handler.__exit__(*exc_info)
+
+
+def _components(node: Any) -> Iterator[Any]:
+    """Every component under ``node``, depth first."""
+    yield from node.objects
+    for child in node.children:
+        yield from _components(child)
+
+
+def _state(component: Any) -> str:
+    """SOFA's ``componentState`` of a component ("Valid", "Invalid", "Undefined", ...)."""
+    data = getattr(component, "componentState", None)
+    return str(data.value) if data is not None else "Undefined"
 
 
 def _describe_scene(node: Any, prefix: str = "") -> Iterator[str]:
