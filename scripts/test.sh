@@ -5,9 +5,14 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/sofa_env.sh"
 set +e
-.venv/bin/python -m pytest "$@"
-status=$?
+log="$(mktemp)"
+.venv/bin/python -m pytest "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
 set -e
+# SofaPython3 logs its unloading after pytest's summary: repeat the summary last.
+summary="$(grep -E '^=+ .*(passed|failed|error|no tests ran).* =+$' "$log" | tail -n 1 || true)"
+rm -f "$log"
+[ -n "$summary" ] && echo "$summary"
 if [ "$status" -eq 5 ]; then
     # pytest's "no tests collected": expected when a filter matches nothing,
     # a broken checkout otherwise.
