@@ -226,13 +226,16 @@ class Environment:
             )
         return predictor(inputs)
 
-    def connect_predictor(self, predictor: Predictor | None) -> None:
+    def connect_predictor(
+        self, predictor: Predictor | Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None
+    ) -> None:
         """Answer :meth:`get_prediction` with ``predictor`` (``None`` disconnects), outside a pipeline.
 
         For simulators that run their own loop (a ``runSofa`` scene): load the
-        network with :func:`dpx.load_predictor` and connect it here. The fields
-        the environment has declared are checked against the network's now,
-        and fields declared later when they are: a mismatch is a
+        network with :func:`dpx.load_predictor` and connect it here (any
+        callable returning ``{"prediction": array}`` works too, unchecked). The
+        fields the environment has declared are checked against the network's
+        now, and fields declared later when they are: a mismatch is a
         :class:`~dpx.core.config.ConfigError` naming both shapes.
         """
         self._check_predictor(predictor)
