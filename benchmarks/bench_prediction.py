@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import dpx  # noqa: E402
 from bench_training import make_dataset  # noqa: E402
 from dpx.core.network import find_trained_network  # noqa: E402
-from dpx.core.prediction import _load_network  # noqa: E402
+from dpx.core.predictor import load_network  # noqa: E402
 from dpx_toy.mean import Mean  # noqa: E402
 from measure import HEADER, row, side_by_side  # noqa: E402
 
@@ -72,7 +72,7 @@ def main() -> None:
     repeats, step_counts = (1, (500,)) if args.quick else (3, (500, 5_000))
     with tempfile.TemporaryDirectory() as folder:
         train(folder)
-        model = _load_network(NETWORK, find_trained_network(NETWORK, f"{folder}/trained"))[0].network
+        model = load_network(NETWORK, find_trained_network(NETWORK, f"{folder}/trained"))[0].network
         print(HEADER)
         for steps in step_counts:
             result = side_by_side(repeats, {"bare": lambda: bare_loop(model, steps),

@@ -73,14 +73,10 @@ def through_dpx(folder: str, hidden: list[int], batch_size: int, epochs: int, na
 
 def get_prediction_overhead(folder: str) -> tuple[float, float]:
     """Median microseconds per call: through the request path, and the model called directly."""
-    from dpx.core.network import find_trained_network
-    from dpx.core.prediction import _load_network, _single
-
-    config = dpx.NetworkConfig("fc", network_kwargs={"hidden": [64, 64]})
-    backend, _ = _load_network(config, find_trained_network(config, f"{folder}/case0_0"))
+    predictor = dpx.load_predictor(f"{folder}/case0_0")
     sample = np.random.default_rng(1).random((30, 3), dtype=np.float32)
-    request = lambda: _single(backend.predict({k: v[None] for k, v in {"input": sample}.items()}))  # noqa: E731
-    model = backend.network
+    request = lambda: predictor({"input": sample})  # noqa: E731
+    model = predictor.backend.network
 
     def direct():
         with torch.no_grad():

@@ -26,6 +26,8 @@ _LAZY = {
     "DataGeneration": "dpx.core.generation",
     "Training": "dpx.core.training",
     "Prediction": "dpx.core.prediction",
+    "Predictor": "dpx.core.predictor",
+    "load_predictor": "dpx.core.predictor",
     "Database": "dpx.core.database",
     "open_database": "dpx.core.database",
     "Session": "dpx.core.session",
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from dpx.core.environment import Environment, Field, FieldError
     from dpx.core.generation import DataGeneration
     from dpx.core.prediction import Prediction
+    from dpx.core.predictor import Predictor, load_predictor
     from dpx.core.training import Training
     from dpx.core.session import Session
 

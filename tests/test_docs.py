@@ -138,8 +138,8 @@ def test_python_block(block: Block, workdirs):
     if block.compile_only:
         for module, name in imported_modules(block.code):
             assert importlib.util.find_spec(module) is not None, f"{block}: no module {module}"
-            if name is not None and importlib.util.find_spec(f"{module}.{name}") is None:
-                assert hasattr(importlib.import_module(module), name), f"{block}: {module} has no {name}"
+            if name is not None and not hasattr(importlib.import_module(module), name):  # a class, or a submodule
+                assert importlib.util.find_spec(f"{module}.{name}") is not None, f"{block}: {module} has no {name}"
         return
     earlier = [b for b in ALL if b.doc == block.doc and b.lang == "python" and b.line < block.line
                and not b.compile_only and excerpt_source(b) is None]

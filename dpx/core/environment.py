@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from dpx.core.predictor import Predictor
     from dpx.core.visual import VisualFactory
 
 TRAINING_FIELDS = ("input", "ground_truth")
@@ -220,9 +221,25 @@ class Environment:
         if predictor is None:
             raise RuntimeError(
                 f"{type(self).__name__}.get_prediction() needs a network: "
-                "it is available in the Training and Prediction pipelines, not in DataGeneration"
+                "it is available in the Training and Prediction pipelines, not in DataGeneration; "
+                "outside a pipeline, connect one with connect_predictor(dpx.load_predictor(session))"
             )
         return predictor(inputs)
+
+    def connect_predictor(
+        self, predictor: Predictor | Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None
+    ) -> None:
+        """Answer :meth:`get_prediction` with ``predictor`` (``None`` disconnects), outside a pipeline.
+
+        For simulators that run their own loop (a ``runSofa`` scene): load the
+        network with :func:`dpx.load_predictor` and connect it here (any
+        callable returning ``{"prediction": array}`` works too, unchecked). The
+        fields the environment has declared are checked against the network's
+        now, and fields declared later when they are: a mismatch is a
+        :class:`~dpx.core.config.ConfigError` naming both shapes.
+        """
+        self._check_predictor(predictor)
+        self._predictor = predictor
 
     @property
     def factory(self) -> VisualFactory:
@@ -249,6 +266,13 @@ class Environment:
             if f.name in fields and fields[f.name].training != f.training:
                 raise FieldError(f"field {f.name!r} is declared both as a training and an additional field")
             fields[f.name] = f
+        self._check_predictor(getattr(self, "_predictor", None))
+
+    def _check_predictor(self, predictor: Any) -> None:
+        """The declared fields' shapes against a :class:`~dpx.core.predictor.Predictor`'s network."""
+        check_fields = getattr(predictor, "check_fields", None)
+        if check_fields is not None:
+            check_fields(type(self).__name__, {name: f.shape for name, f in self.fields.items()})
 
     def _set(self, arrays: dict[str, Any], training: bool) -> None:
         fields = self.fields

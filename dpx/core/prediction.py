@@ -28,11 +28,9 @@ session.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
-import logging
 import math
 import time
 from collections.abc import Mapping
@@ -44,21 +42,12 @@ import numpy as np
 
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, NetworkConfig, as_record
 from dpx.core.database import Database, dataset_path
-from dpx.core.network import (
-    FieldSpecs,
-    NoNetworkError,
-    find_trained_network,
-    load_backend,
-    saved_fields,
-    saved_normalization,
-    with_saved_kwargs,
-)
+from dpx.core.network import FieldSpecs, NoNetworkError, find_trained_network
+from dpx.core.predictor import Predictor, check_network_shapes, load_network
 from dpx.core.preflight import SetUp, check_environment, check_partitions, check_session_location, check_storage
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
 from dpx.core.session import Session, outcome_of
-
-log = logging.getLogger("dpx.prediction")
 
 
 class ErrorStats:
@@ -177,23 +166,6 @@ class PredictionSummary:
         return f"{text}\nsession: {self.session_path}"
 
 
-def _load_network(network_config: NetworkConfig, path: Path):
-    """Build the backend of the checkpoint ``path`` (its ``network_kwargs`` unless the config gives some) and load it.
-
-    Returns the backend and the fields the network was trained on.
-    """
-    backend_class = load_backend(network_config)
-    extra = backend_class.read_extra(path)
-    epoch = extra.get("epoch")
-    if isinstance(epoch, int) and epoch < 0:
-        log.warning("dpx: %s was saved before its training finished a first epoch", path)
-    specs = saved_fields(extra, path)
-    config = dataclasses.replace(with_saved_kwargs(network_config, extra), require_training_stuff=False)
-    backend = backend_class(config, specs, saved_normalization(extra, path))
-    backend.load(path, training=False)
-    return backend, specs
-
-
 #: The environment settings a recording's samples depend on.
 RECORDING_SETTINGS = ("environment_class", "env_kwargs", "workers", "simulations_per_step", "max_wrong_samples_per_step", "non_finite")
 
@@ -248,7 +220,7 @@ class Prediction:
         check_session_location("Prediction", self.session_dir, self.session_name)
         check_environment(self.environment_config, setup)
         setup.checkpoint = self.network_checkpoint()
-        setup.network = _load_network(self.network_config, setup.checkpoint)
+        setup.network = load_network(self.network_config, setup.checkpoint)
         check_network_shapes(self.network_config, setup.network[1], setup.checkpoint,
                              self.environment_config.environment_name,
                              {name: shape for name, (_, shape) in setup.fields.items()}, setup.fields_complete)
@@ -291,7 +263,7 @@ class _Steps:
         self.runner = runner_class(environment, key, optional_fields=frozenset(self.targets))
         backend, target = self.backend, self.targets[0]
         self._check_shapes({name: f.shape for name, f in (self.runner.start() or {}).items()})
-        self.runner.connect(lambda request: _single(backend.predict({k: v[None] for k, v in request.items()})))
+        self.runner.connect(Predictor(backend, self.specs, self.checkpoint, self.p.network_config))
         instances = self.runner.instance_nb  # each step, every environment makes one sample
         stream = MODE_STREAMS["prediction"]
         error, network_time, environment_time, steps, recorded = ErrorStats(), 0.0, 0.0, 0, 0
@@ -399,32 +371,6 @@ class _Steps:
                 self.database.close()
 
 
-def check_network_shapes(
-    network: NetworkConfig, specs: FieldSpecs, checkpoint: Path, environment: str,
-    shapes: Mapping[str, tuple[int, ...] | None], complete: bool = True,
-) -> None:
-    """The environment's fields against those the network was trained on, both shapes named.
-
-    ``complete=False`` when ``shapes`` may lack fields the environment makes
-    later (declared before ``create()``): only the fields present are checked.
-    """
-    for name in network.input_fields + network.target_fields:
-        if name not in shapes:
-            if name in network.target_fields or not complete:
-                continue  # the ground truth is optional when predicting
-            raise ConfigError(
-                f"the network {checkpoint} takes field {name!r}, which environment {environment} does not "
-                f"make (its fields: {sorted(shapes)})"
-            )
-        expected, shape = tuple(specs[name][1]), shapes[name]
-        if shape is not None and tuple(shape) != expected:
-            raise ConfigError(
-                f"the network {checkpoint} was trained on {name!r} samples of shape {expected}, but environment "
-                f"{environment} makes them of shape {tuple(shape)}: give the environment the parameters of "
-                "the training (env_kwargs), or train a network for these shapes"
-            )
-
-
 def _difference(name: str, before: Any, now: Any) -> str:
     if name == "network_sha256":
         return "by another network file"
@@ -436,19 +382,13 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _single(prediction: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``get_prediction`` answers for one sample, under the key ``prediction``."""
-    (value,) = prediction.values()
-    return {"prediction": value[0]}
-
-
 def replay(session: str | Path, network_config: NetworkConfig, mode: str = "prediction", batch_size: int = 256):
     """Run a session's network again on its stored samples of ``mode``.
 
     Returns the predictions and the error against the stored ground truth:
     for comparing networks on recorded trajectories without a simulator.
     """
-    backend, _ = _load_network(network_config, find_trained_network(network_config, session))
+    backend, _ = load_network(network_config, find_trained_network(network_config, session))
     with Database(dataset_path(session), DatabaseConfig(), readonly=True) as database:
         inputs, target = network_config.input_fields, network_config.target_fields[0]
         error, outputs = ErrorStats(), []

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 class EnvironmentController(Sofa.Core.Controller):
     """Calls ``environment.on_animate_begin`` / ``on_animate_end`` at the start and
     end of every SOFA time step, whoever runs the loop (dpx's ``step()``,
-    ``Sofa.Simulation.animate`` or the runSofa GUI).
+    ``Sofa.Simulation.animate`` or the runSofa GUI), and ``environment.on_init_done``
+    once SOFA has initialised the scene (SOFA calls a controller's own ``init``
+    before the components below it are initialised).
 
     SOFA logs an exception raised in a handler and goes on simulating; the
     controller keeps the first one, stops forwarding events, and
@@ -31,6 +33,9 @@ class EnvironmentController(Sofa.Core.Controller):
         self.environment = environment
         #: The first exception a handler raised, until :meth:`raise_failure` raises it.
         self.failure: BaseException | None = None
+
+    def onSimulationInitDoneEvent(self, event: Any) -> None:
+        self._forward(self.environment.on_init_done, event)
 
     def onAnimateBeginEvent(self, event: Any) -> None:
         self._forward(self.environment.on_animate_begin, event)

@@ -177,12 +177,16 @@ class SofaEnvironment(dpx.Environment):
         """Build the scene into ``root`` for SOFA to run, e.g. from a ``runSofa`` scene file::
 
             def createScene(root):
-                SofaBeam(grid_resolution=(10, 3, 3)).attach(root)
+                beam = SofaBeam(grid_resolution=(10, 3, 3))
+                beam.attach(root)
+                beam.connect_predictor(dpx.load_predictor("sessions/beam"))  # optional
 
-        SOFA then initialises and animates the scene; every ``animate_steps``
-        time steps the controller starts and reads a sample, and applies the
-        network's prediction when one is connected. ``seed`` seeds ``self.rng``
-        unless dpx already did.
+        SOFA then initialises the scene (and :meth:`on_init_done` runs
+        :meth:`init` and :meth:`init_database`) and animates it; every
+        ``animate_steps`` time steps the controller starts and reads a sample
+        and, with a network connected, applies its prediction on the sample's
+        ``input`` to the scene: SOFA's own loop runs the network. ``seed``
+        seeds ``self.rng`` unless dpx already did.
         """
         if not hasattr(self, "rng"):
             self.rng = np.random.default_rng(seed)
@@ -270,15 +274,21 @@ class SofaEnvironment(dpx.Environment):
 
     # -- events forwarded by the controller -----------------------------------------------------
 
+    def on_init_done(self, event: Any) -> None:
+        """SOFA initialised the scene. After :meth:`attach`, run :meth:`init` and
+        :meth:`init_database` (dpx runs them itself after :meth:`create`): the
+        fields are declared, and checked against a connected network, before the
+        first time step."""
+        if self._needs_init:
+            self._needs_init = False
+            self.init()
+            self.init_database()
+
     def on_animate_begin(self, event: Any) -> None:
         """Start of a SOFA time step. When SOFA runs the loop (not :meth:`step`),
         start a sample every ``animate_steps`` steps. Overrides call ``super()``."""
         if self._dpx_animating:
             return
-        if self._needs_init:  # attach(): SOFA initialised the scene before its first step
-            self._needs_init = False
-            self.init()
-            self.init_database()
         if self._substep == 0:
             self.start_sample()
 

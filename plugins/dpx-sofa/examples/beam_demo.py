@@ -9,6 +9,11 @@ network's displacement is applied to the scene's ``prediction`` grid), prints
 the error against SOFA's solution and the time per step of SOFA against the
 network, and renders a frame of the network's beam (red) beside SOFA's
 (green) with dpx-vedo, offscreen, checking that the picture shows both.
+Then, as a runSofa scene does, SOFA's own animate loop runs each network:
+the scene is built with ``attach(root)``, the network connected with
+``dpx.load_predictor`` / ``connect_predictor``, and the scene's controller
+applies the network's displacement after every load SOFA solves; no dpx
+pipeline is involved.
 
 Needs SOFA importable (see plugins/dpx-sofa/README.md) and the dpx, dpx-torch,
 dpx-vedo and dpx-sofa distributions; ``bash scripts/sofa_demo.sh`` sets all of
@@ -49,6 +54,15 @@ class Case:
 
 
 @dataclass
+class InSofa:
+    """The network run by SOFA's own loop: its error against SOFA and the time per step (one load)."""
+
+    relative_error: float
+    step_ms: float
+    network_ms: float
+
+
+@dataclass
 class Result:
     case: Case
     train_seconds: float
@@ -56,6 +70,7 @@ class Result:
     sofa_ms: float
     network_ms: float
     frame: Path
+    in_sofa: InSofa
 
 
 def cases(quick: bool) -> list[Case]:
@@ -105,9 +120,45 @@ def evaluate(run: Path, case: Case, samples: int, seed: int, steps: int) -> Resu
                    session_name=trained.session_path.name, step_nb=3, progress=False).execute()
     frame = sorted(frames.glob("frame_*.png"))[-1]
     check_frame(frame)
+    in_sofa = run_in_sofas_loop(trained.session_path, case.layout, seed + 3, steps)
+    print(f"{case.name}: in SOFA's own loop, {steps} loads: relative RMS error {100 * in_sofa.relative_error:.2f} %, "
+          f"per step {in_sofa.step_ms:.2f} ms (network {in_sofa.network_ms:.2f} ms)")
     return Result(case, trained.seconds, predicted.error.relative_error,
                   1e3 * predicted.environment_seconds / predicted.steps,
-                  1e3 * predicted.network_seconds / predicted.steps, frame)
+                  1e3 * predicted.network_seconds / predicted.steps, frame, in_sofa)
+
+
+def run_in_sofas_loop(session: Path, layout: str, seed: int, steps: int) -> InSofa:
+    """What a runSofa scene script does: SOFA animates, the scene's controller runs the network.
+
+    Every ``animate_steps`` time steps the controller starts a sample (a new
+    load), reads it and writes the network's displacement for that load into
+    the scene's ``prediction`` grid; compared here with SOFA's own.
+    """
+    import Sofa.Core
+    import Sofa.Simulation
+
+    from dpx.core.prediction import ErrorStats
+    from dpx_sofa.beam import SofaBeam
+
+    beam = SofaBeam(**BEAM, layout=layout)
+    root = Sofa.Core.Node("root")
+    beam.attach(root, seed=seed)  # createScene(root) in a runSofa scene file
+    Sofa.Simulation.init(root)
+    predictor = dpx.load_predictor(session)
+    beam.connect_predictor(predictor)
+    rest, error, started = beam.read_positions(beam.shown, "rest_position"), ErrorStats(), time.perf_counter()
+    try:
+        for _ in range(steps):
+            for _ in range(beam.animate_steps):
+                Sofa.Simulation.animate(root, beam.dt)
+            beam.controller.raise_failure()  # SOFA only logs what the controller's handlers raise
+            shown = beam.read_positions(beam.shown) - rest
+            error.add(shown[None], beam.to_nodes(beam.sample["ground_truth"])[None])
+        elapsed = time.perf_counter() - started
+    finally:
+        beam.close()
+    return InSofa(error.relative_error, 1e3 * elapsed / steps, 1e3 * predictor.seconds / predictor.calls)
 
 
 def check_frame(path: Path) -> None:
@@ -145,6 +196,9 @@ def main() -> None:
         ("SOFA, per step (ms)", [f"{r.sofa_ms:.2f}" for r in results]),
         ("network, per step (ms)", [f"{r.network_ms:.2f}" for r in results]),
         ("speed-up over SOFA", [f"{r.sofa_ms / r.network_ms:.1f}x" for r in results]),
+        ("in SOFA's loop: error", [f"{100 * r.in_sofa.relative_error:.2f} %" for r in results]),
+        ("in SOFA's loop: step (ms)", [f"{r.in_sofa.step_ms:.2f}" for r in results]),
+        ("  of which network (ms)", [f"{r.in_sofa.network_ms:.2f}" for r in results]),
     ]
     for label, values in rows:
         print(f"{label:26}" + "".join(f"{v:>16}" for v in values))

@@ -268,7 +268,7 @@ def test_attach_builds_into_sofas_root_and_applies_a_connected_network(sofa: Any
         requests.append(inputs)
         return {"prediction": 2 * inputs["input"]}
 
-    env._connect(predictor=network)
+    env.connect_predictor(network)
     env.animate()
     assert env.root is root and env.fields["input"].shape == (16, 3)  # init and init_database ran
     (request,) = requests
@@ -284,10 +284,10 @@ def test_an_exception_in_a_controller_handler_is_raised_not_swallowed(sofa: Any)
     env = SofaBeam(**{**SMALL, "animate_steps": 1})
     env.attach(root, seed=0)
     sofa.Simulation.init(root)
-    env._connect(predictor=lambda inputs: {"prediction": np.zeros(5)})
+    env.connect_predictor(lambda inputs: {"prediction": np.zeros(5)})
     with pytest.raises(ValueError, match="SofaBeam expects a displacement of 16 x 3 values, got shape"):
         env.animate()
-    env._connect(predictor=lambda inputs: {"prediction": inputs["input"]})
+    env.connect_predictor(lambda inputs: {"prediction": inputs["input"]})
     env.animate()
     np.testing.assert_allclose(env.read_positions(env.shown) - env.read_positions(env.shown, "rest_position"),
                                env.sample["input"], rtol=1e-6)

@@ -103,3 +103,61 @@ def test_an_environment_of_other_shapes_leaves_no_new_session_behind(trained, tm
 def test_network_kwargs_default_to_the_saved_ones(trained):
     summary = predict(trained, 5, network=dpx.NetworkConfig("fc"))
     assert summary.steps == 5 and summary.error.count == 5
+
+
+# -- a network beside an environment, outside a pipeline (dpx.load_predictor, connect_predictor) --------------
+
+
+def test_load_predictor_takes_the_saved_config_and_answers_as_the_trained_network(trained):
+    from dpx.core.network import find_trained_network
+    from dpx.core.predictor import load_network
+
+    predictor = dpx.load_predictor(trained)  # no NetworkConfig: architecture, fields, kwargs from the checkpoint
+    assert predictor.checkpoint == trained / "network" / "network.pt" and predictor.input_fields == ("input",)
+    assert dpx.load_predictor(trained / "network").checkpoint == predictor.checkpoint
+    backend, _ = load_network(FC, find_trained_network(FC, trained))
+    sample = np.random.default_rng(0).random(5, dtype=np.float32)
+    answer = predictor({"input": sample})
+    np.testing.assert_array_equal(answer["prediction"], backend.predict({"input": sample[None]})["ground_truth"][0])
+    assert answer["prediction"].shape == (1,) and (predictor.calls, predictor.seconds > 0) == (1, True)
+    with pytest.raises(ValueError, match=r"trained on 'input' samples of shape \(5,\), but was asked to predict on one "
+                                         r"of shape \(4,\)"):
+        predictor({"input": sample[:4]})
+
+
+def test_connect_predictor_checks_the_fields_now_and_when_declared_later(trained):
+    from dpx_toy.mean import Mean
+    from dpx_toy.spring import Spring
+
+    predictor = dpx.load_predictor(trained)
+    spring = Spring()
+    spring.init_database()
+    spring.connect_predictor(predictor)
+    spring.rng = np.random.default_rng(0)
+    spring.step()
+    assert spring.get_prediction(input=spring.sample["input"])["prediction"].shape == (1,)
+    declared = Mean()
+    declared.init_database()
+    with pytest.raises(ConfigError, match=r"trained on 'input' samples of shape \(5,\), but environment Mean makes "
+                                          r"them of shape \(30, 3\)"):
+        declared.connect_predictor(predictor)
+    later = Mean()  # connected before it declares its fields (an environment whose scene is built afterwards)
+    later.connect_predictor(predictor)
+    with pytest.raises(ConfigError, match=r"of shape \(5,\), but environment Mean makes them of shape \(30, 3\)"):
+        later.init_database()
+    later.connect_predictor(None)
+    with pytest.raises(RuntimeError, match=r"connect one with connect_predictor\(dpx.load_predictor\(session\)\)"):
+        later.get_prediction(input=np.zeros(5, np.float32))
+
+
+def test_a_network_class_saved_as_an_import_path_is_not_imported_from_the_checkpoint(tmp_path):
+    network = dpx.NetworkConfig("dpx_torch.fc:FC", network_kwargs={"hidden": [4]})
+    config = dpx.EnvironmentConfig("toy.spring", seed=0)
+    dpx.DataGeneration(config, session_dir=str(tmp_path), session_name="net", batch_nb=1, batch_size=16,
+                       progress=False).execute()
+    dpx.Training(network, dpx.DatabaseConfig(existing_dir=str(tmp_path / "net")), session_dir=str(tmp_path),
+                 session_name="net", new_session=False, epoch_nb=1, batch_size=16, progress=False, seed=0).execute()
+    with pytest.raises(ConfigError, match=r"trained with network_class='dpx_torch.fc:FC', an import path a checkpoint "
+                                          r"cannot name safely; load it with a NetworkConfig\(network_class=...\)"):
+        dpx.load_predictor(tmp_path / "net")
+    assert dpx.load_predictor(tmp_path / "net", network).checkpoint.exists()
