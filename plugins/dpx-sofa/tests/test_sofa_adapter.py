@@ -256,12 +256,19 @@ def test_when_sofa_runs_the_loop_the_controller_makes_samples(sofa: Any) -> None
     env.close()
 
 
-def test_attach_builds_into_sofas_root_and_applies_a_connected_network(sofa: Any) -> None:
-    """runSofa's createScene(root) -> env.attach(root); SOFA initialises and animates the scene."""
+def attached(sofa: Any) -> tuple[SofaBeam, Any]:
+    """A beam built into a root node made as runSofa makes it (returned too), initialised by SOFA,
+    one SOFA step a sample."""
     root = sofa.Core.Node("root")
     env = SofaBeam(**{**SMALL, "animate_steps": 1})
     env.attach(root, seed=0)
     sofa.Simulation.init(root)
+    return env, root
+
+
+def test_attach_builds_into_sofas_root_and_applies_a_connected_network(sofa: Any) -> None:
+    """runSofa's createScene(root) -> env.attach(root); SOFA initialises and animates the scene."""
+    env, root = attached(sofa)
     requests: list[dict[str, np.ndarray]] = []
 
     def network(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -280,10 +287,7 @@ def test_attach_builds_into_sofas_root_and_applies_a_connected_network(sofa: Any
 
 def test_an_exception_in_a_controller_handler_is_raised_not_swallowed(sofa: Any) -> None:
     """SOFA logs and swallows what a handler raises; animate() raises it, once, and the scene stays usable."""
-    root = sofa.Core.Node("root")
-    env = SofaBeam(**{**SMALL, "animate_steps": 1})
-    env.attach(root, seed=0)
-    sofa.Simulation.init(root)
+    env, _ = attached(sofa)
     env.connect_predictor(lambda inputs: {"prediction": np.zeros(5)})
     with pytest.raises(ValueError, match="SofaBeam expects a displacement of 16 x 3 values, got shape"):
         env.animate()
