@@ -138,8 +138,8 @@ def test_an_impostor_connecting_first_does_not_take_a_workers_slot(caplog):
     thread = threading.Thread(target=runner.start, daemon=True)
     with caplog.at_level(logging.WARNING, logger="dpx"):
         thread.start()
-        while not hasattr(runner, "address"):
-            time.sleep(0.001)
+        while not getattr(runner, "workers", None) or runner.workers[0].process is None:
+            time.sleep(0.001)  # admission opens before the first worker is launched
         for token in (None, "0" * 32):
             impostor = transport.connect(*runner.address, key, timeout=10)
             impostor.send({"type": "hello", "token": token, "pid": os.getpid()})

@@ -161,8 +161,6 @@ class MultiprocessRunner(RemoteRunner):
             key = "<runner_kwargs.authkey>" if given else self.authkey.hex()
             log.warning("dpx: waiting for %d worker(s): DPX_AUTHKEY=%s python -m dpx worker --connect %s:%d",
                         self.instance_nb, key, *self.address)
-        for worker in self.workers:
-            self._launch(worker)
         self._bring_up(self.workers)
         return self._fields
 
@@ -183,13 +181,16 @@ class MultiprocessRunner(RemoteRunner):
         worker.process.start()
 
     def _bring_up(self, workers: list[_Worker]) -> None:
-        """Wait until the launched ``workers`` have connected and said ``ready``, all at once.
+        """Launch ``workers`` and wait until they have connected and said ``ready``, all at once.
 
-        A worker that fails meanwhile is restarted within ``max_restarts``; one
-        whose process exits before connecting is noticed at once.
+        Peers are admitted from before the first launch, so no worker, however
+        quick, is turned away. A worker that fails meanwhile is restarted within
+        ``max_restarts``; one whose process exits before connecting is noticed at once.
         """
         self.listener.admit(True)
         try:
+            for worker in workers:
+                self._launch(worker)
             self._wait_ready({worker.instance_id: worker for worker in workers})
         finally:
             self.listener.admit(False)
@@ -331,15 +332,18 @@ class MultiprocessRunner(RemoteRunner):
 
     def _replace(self, failure: _Failure) -> None:
         """Count a failure against ``max_restarts``, stop the worker and launch another for its slot."""
-        worker = failure.worker
-        who = worker.describe()
-        self._stop(worker)
-        self._count_failure(who, failure.reason)
-        self._launch(worker)
+        self._retire(failure)
+        self._launch(failure.worker)
 
     def _restart(self, failure: _Failure) -> None:
-        self._replace(failure)
+        self._retire(failure)
         self._bring_up([failure.worker])
+
+    def _retire(self, failure: _Failure) -> None:
+        """Stop the failed worker and count the failure against ``max_restarts``."""
+        who = failure.worker.describe()
+        self._stop(failure.worker)
+        self._count_failure(who, failure.reason)
 
     def _stop(self, worker: _Worker) -> None:
         if worker.channel is not None:
