@@ -31,6 +31,7 @@ _LAZY = {
     "Database": "dpx.core.database",
     "open_database": "dpx.core.database",
     "Session": "dpx.core.session",
+    "export": "dpx.core.export",
 }
 
 __all__ = ["Component", "PluginUnavailable", "hookimpl", "__version__", *_LAZY]
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from dpx.core.predictor import Predictor, load_predictor
     from dpx.core.training import Training
     from dpx.core.session import Session
+    from dpx.core.export import export
 
 
 _SUBMODULES = ("checks", "testing", "plugins")

@@ -119,7 +119,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     repair.add_argument("session", help="a session folder or its dataset folder, e.g. sessions/spring")
     repair.set_defaults(run=_repair)
+
+    export = commands.add_parser(
+        "export",
+        help="export a trained network to a file that runs without dpx (ONNX, torch.export)",
+        description="Write a session's trained network in a new folder as a file that maps raw inputs, as the "
+        "environment sets them, to de-normalised outputs (normalisation folded in), carrying its field names, "
+        "shapes, dtypes, versions and source session. Formats come from plugins (dpx-torch: onnx, pt2).",
+        epilog="Example: python -m dpx export sessions/spring_fc --format onnx (see docs/export.md)",
+    )
+    export.add_argument("session", help="a session holding a trained network, e.g. sessions/spring_fc")
+    export.add_argument("--format", required=True, help="onnx or pt2 (see `python -m dpx plugins`: exporters)")
+    export.add_argument("--which", default="last", metavar="N|last|best",
+                        help="the saved network: an epoch number, the last (default) or the best one")
+    export.add_argument("--out", help="a new folder for the files (default: SESSION/export/NETWORK-FORMAT)")
+    export.add_argument("--no-aoti", action="store_true",
+                        help="pt2: skip the AOTInductor package (it needs a C++ compiler and tens of seconds)")
+    export.set_defaults(run=_export)
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dpx.core.export import export
+
+    folder = export(args.session, args.format, args.which, args.out,
+                    exporter_kwargs={"aoti": False} if args.no_aoti else None)
+    for path in sorted(folder.iterdir()):
+        print(path)
+    return 0
 
 
 def _repair(args: argparse.Namespace) -> int:

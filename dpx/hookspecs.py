@@ -63,6 +63,7 @@ REGISTRY_KINDS: dict[str, str] = {
     "dpx_runners": "runner",
     "dpx_visualizers": "visualizer",
     "dpx_stats_writers": "stats writer",
+    "dpx_exporters": "exporter",
 }
 
 
@@ -106,6 +107,7 @@ CONTRACTS: dict[str, Contract] = {
     "dpx_visualizers": Contract("a class built as cls(**visualizer_kwargs)", methods=("add_scene", "update", "close")),
     "dpx_stats_writers": Contract("a class built as cls(stats_dir)", methods=("scalar", "histogram", "close"),
                                   optional=("flush",)),
+    "dpx_exporters": Contract("a class built as cls(**exporter_kwargs)", methods=("export",)),
 }
 
 
@@ -166,6 +168,31 @@ def dpx_network_backends():
             return {"torch": dpx.Component("dpx_torch.backend:TorchBackend", "PyTorch")}
     """
 
+
+@hookspec
+def dpx_exporters():
+    """File formats a trained network leaves Python in, for ``dpx export --format NAME``.
+
+    Each component is a class built as ``cls(**exporter_kwargs)``, with:
+
+    * ``backends``: the network backends whose networks it exports (``("torch",)``);
+    * ``export(network, folder, metadata) -> list[Path]``: write the files of
+      ``network`` (a loaded network backend, as ``Prediction`` runs it) into
+      ``folder`` (empty, created by dpx; renamed to its final name only when
+      ``export`` returns, so a failure leaves nothing behind) and return them.
+      The files map raw inputs, as the environment sets them, to
+      de-normalised outputs: the backend's normalisation and transformations
+      are folded in. ``metadata`` (JSON-able: field names, shapes and dtypes,
+      versions, the source session) goes into the files themselves, so they
+      are usable without dpx. A network the format cannot express raises
+      :class:`dpx.core.export.ExportError` saying which operation failed and why.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_exporters():
+            return {"onnx": dpx.Component("dpx_torch.export:OnnxExporter", "ONNX, through torch.onnx")}
+    """
 
 @hookspec
 def dpx_losses():

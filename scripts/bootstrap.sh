@@ -23,3 +23,5 @@ for plugin in "${plugins[@]}"; do
 done
 echo "dpx: installing the core (dpx-core) and ${#plugins[@]} plugins into .venv (editable)"
 "${PIP[@]}" install --no-build-isolation -c constraints.txt "${editables[@]}" pytest hypothesis
+# dpx-torch's optional `export` extra: dpx export --format onnx and its tests
+"${PIP[@]}" install -c constraints.txt onnx onnxscript

@@ -21,7 +21,10 @@ hook) through this small interface, with NumPy arrays on both sides:
     A checkpoint: weights, optimiser state and the JSON-able ``extra`` the
     pipeline keeps (epoch, RNG states, normalisation). Loading never runs
     arbitrary code. The classmethod ``read_extra(path)`` returns ``extra``
-    without building a network.
+    without building a network. A backend loading files of its own kind (an
+    inference-only one running exported networks) may define the classmethod
+    ``find_checkpoint(location, name, which, label) -> Path`` that
+    :func:`find_checkpoint` is otherwise.
 ``learning_rate``, ``nb_parameters``, ``parameter_histograms()``
 ``check(config, fields=None)`` (classmethod, optional)
     Build every training component of ``config`` (network with
@@ -166,8 +169,10 @@ def find_trained_network(config: NetworkConfig, session_path: str | Path) -> Pat
     """
     own = config.network_dir is None
     location = Path(session_path) if own else Path(config.network_dir)
+    # a backend reading other files than dpx's checkpoints (an exported network) says how to find them
+    find = getattr(load_backend(config), "find_checkpoint", find_checkpoint)
     try:
-        return find_checkpoint(location, config.network_name, config.which_network, "session" if own else "network_dir")
+        return find(location, config.network_name, config.which_network, "session" if own else "network_dir")
     except FileNotFoundError as exc:
         raise NoNetworkError(
             f"no trained network to load: {exc}; train first (dpx train), "

@@ -143,12 +143,12 @@ def load_predictor(session_or_network_dir: str | Path, network_config: NetworkCo
     config = network_config or NetworkConfig()
     path = find_trained_network(dataclasses.replace(config, network_dir=None), session_or_network_dir)
     if network_config is None:
-        config = _saved_config(config, path)
+        config = saved_config(config, path)
     backend, fields = load_network(config, path)
     return Predictor(backend, fields, path, config)
 
 
-def _saved_config(config: NetworkConfig, path: Path) -> NetworkConfig:
+def saved_config(config: NetworkConfig, path: Path) -> NetworkConfig:
     """``config`` with :data:`SAVED_SETTINGS` from the checkpoint's record of its training config.
 
     A checkpoint is untrusted: a class saved as an import path is not

@@ -29,3 +29,11 @@ def dpx_transforms():
     return {
         "identity": dpx.Component("dpx_torch.transformation:DataTransformation", "no transformation (the default)"),
     }
+
+
+@dpx.hookimpl
+def dpx_exporters():
+    return {
+        "onnx": dpx.Component("dpx_torch.export:OnnxExporter", "ONNX (torch.onnx dynamo exporter), for onnxruntime"),
+        "pt2": dpx.Component("dpx_torch.export:Pt2Exporter", "torch.export program, and an AOTInductor package"),
+    }
