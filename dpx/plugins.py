@@ -152,6 +152,7 @@ FIRST_PARTY: tuple[FirstParty, ...] = (
     FirstParty("vedo", "dpx-vedo", "a 3D viewer", {"visualizers": ("vedo",)}),
     FirstParty("tensorboard", "dpx-tensorboard", "TensorBoard training curves", {"stats_writers": ("tensorboard",)}),
     FirstParty("ray", "dpx-ray", "environments on a Ray cluster", {"runners": ("ray",)}),
+    FirstParty("onnx", "dpx-onnx", "exported ONNX networks on onnxruntime, without torch", {"network_backends": ("onnx",)}),
 )
 
 
