@@ -9,3 +9,6 @@ for bench in bench_generation bench_prediction bench_multiprocess bench_training
     "$PY" "benchmarks/$bench.py" "$@"
     echo
 done
+# the onnx backend against the torch backend it was exported from (issue 14)
+echo "== bench_onnx"
+"$PY" benchmarks/bench_onnx.py "$@"
