@@ -146,6 +146,7 @@ FIRST_PARTY: tuple[FirstParty, ...] = (
         "network_backends": ("torch",),
         "losses": ("huber", "l1", "mse", "relative_l2", "smooth_l1"),
         "transforms": ("identity",),
+        "exporters": ("onnx", "pt2"),
     }),
     FirstParty("fem", "dpx-fem", "a finite-element beam on scikit-fem", {"environments": ("fem.*",)}),
     FirstParty("sofa", "dpx-sofa", "SOFA simulations (SOFA itself installed separately)", {"environments": ("sofa.*",)}),

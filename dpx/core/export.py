@@ -59,7 +59,7 @@ def export(
 
     session_path = Path(session)
     if not session_path.is_dir():
-        raise ConfigError(f"export: session {str(session)!r} is not a folder")
+        raise ConfigError(f"session {str(session)!r} is not a folder")
     config = network_config or NetworkConfig()
     checkpoint = _checkpoint(session_path, config.network_name, which)
     if network_config is None:
@@ -69,13 +69,16 @@ def export(
     exporter_class = plugins.load("exporters", format)
     if config.backend not in exporter_class.backends:
         raise ConfigError(
-            f"export: format {format!r} exports networks of the {', '.join(exporter_class.backends)} backend(s); "
+            f"format {format!r} exports networks of the {', '.join(exporter_class.backends)} backend(s); "
             f"{checkpoint} is a network of the {config.backend!r} backend"
         )
     target = Path(out) if out is not None else session_path / "export" / f"{checkpoint.stem}-{format}"
     if target.exists():
-        raise ExportError(f"export: the target folder {target} exists; remove it or give another one (--out DIR)")
-    exporter = exporter_class(**(exporter_kwargs or {}))
+        raise ExportError(f"the target folder {target} exists; remove it or give another one (--out DIR)")
+    try:
+        exporter = exporter_class(**(exporter_kwargs or {}))
+    except TypeError as exc:
+        raise ConfigError(f"exporter_kwargs={exporter_kwargs!r} rejected by format {format!r}: {exc}") from None
     network, fields = load_network(dataclasses.replace(config, device="cpu"), checkpoint)
     backend_info, _ = plugins.component("network_backends", config.backend)
     record = metadata(config, fields, checkpoint, session_path, network.nb_parameters,
@@ -95,7 +98,7 @@ def _checkpoint(session: Path, name: str, which: int | str) -> Path:
     """The checkpoint file ``which`` of ``session``, or a NoNetworkError saying what the session holds."""
     if isinstance(which, str) and which not in WHICH_NAMES:
         if not which.isdigit():
-            raise ConfigError(f"export: which={which!r} must be 'last', 'best' or an epoch number")
+            raise ConfigError(f"which={which!r} must be 'last', 'best' or an epoch number")
         which = int(which)
     epoch = -1 if which == "last" else which
     try:
@@ -103,10 +106,10 @@ def _checkpoint(session: Path, name: str, which: int | str) -> Path:
     except (FileNotFoundError, ValueError, TypeError) as exc:
         if which == "best":  # kept by trainings that track a validation loss
             raise NoNetworkError(
-                f"export: session {str(session)!r} records no best network (trainings with a validation set "
+                f"session {str(session)!r} records no best network (trainings with a validation set "
                 "keep one); export the last one (--which last) or an epoch (--which N)"
             ) from None
-        raise NoNetworkError(f"export: no trained network to export: {exc}; train first (dpx train)") from None
+        raise NoNetworkError(f"no trained network to export: {exc}; train first (dpx train)") from None
 
 
 def metadata(

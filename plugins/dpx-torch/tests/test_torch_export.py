@@ -226,4 +226,6 @@ def test_python_export_mistakes(spring, tmp_path):
         export(spring, "onnx", which="best")
     with pytest.raises(ExportError, match="aoti='yes' must be true, false"):
         export(spring, "pt2", out=tmp_path / "x", exporter_kwargs={"aoti": "yes"})
+    with pytest.raises(ConfigError, match="exporter_kwargs=.'aot': False. rejected by format 'pt2'"):
+        export(spring, "pt2", out=tmp_path / "x", exporter_kwargs={"aot": False})
     assert not (tmp_path / "x").exists()
