@@ -14,6 +14,7 @@ instead bake one branch into the file and answer wrongly for other inputs.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import re
@@ -82,7 +83,8 @@ def _quiet() -> Iterator[None]:
     for logger in loggers:
         logger.addFilter(_below_error)
     try:
-        with warnings.catch_warnings():
+        # torch.export prints the partial graph of a failed capture straight to stderr
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
@@ -95,22 +97,31 @@ def _below_error(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR
 
 
+#: Plain words for the failures torch reports most, keyed by its exception's name.
+EXPLANATIONS = {
+    "GuardOnDataDependentSymNode": "the network branches on a tensor's value in Python, which one graph cannot "
+                                   "hold (compute both branches and pick with torch.where, or use torch.cond)",
+    "DispatchError": "this operation has no ONNX translation (export to pt2 instead, or replace the operation)",
+}
+
+
 def _why(exc: BaseException) -> str:
     """The operation that failed and why, in a line: the ONNX exporter's exception summary, else the first
-    lines of torch's (long) message, with the line of the network's code it points at."""
+    line of torch's (long) message with the line of the network's code it points at."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     summary = re.search(r"## Exception summary\s*\n\s*<class '([\w.]+)'>: (.+)", text)
     if summary:
-        return f"{summary.group(1).rpartition('.')[2]}: {summary.group(2).strip()}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    reason = " ".join(lines[:2]) if lines else type(exc).__name__
-    reason = re.sub(r"\s*\(For more information.*", "", reason)
-    where = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)', text)
-    user = [w for w in where if "/torch/" not in w[0]]
-    if user:
-        file, line, function, code = user[-1]
-        reason += f" (at {Path(file).name}:{line} in {function}: {code.strip()})"
-    return f"{type(exc).__name__}: {reason}"
+        kind, reason = summary.group(1).rpartition(".")[2], summary.group(2).strip()
+    else:
+        kind = type(exc).__name__
+        reason = next((line.strip() for line in text.splitlines() if line.strip()), kind)
+        where = [w for w in re.findall(r'File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)', text)
+                 if "/torch/" not in w[0]]
+        if where:
+            file, line, function, code = where[-1]
+            reason += f" at {Path(file).name}:{line} in {function}: {code.strip()}"
+    explanation = EXPLANATIONS.get(kind)
+    return f"{kind}: {reason}" + (f"; {explanation}" if explanation else "")
 
 
 class OnnxExporter:

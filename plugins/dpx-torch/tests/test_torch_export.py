@@ -183,11 +183,13 @@ def spring(tmp_path_factory):
 
 def test_a_network_that_does_not_export_is_refused_naming_the_operation_and_why(spring):
     folder = spring.parent / "DataDependent"
-    with pytest.raises(ExportError, match=r"does not export with torch.export: .*data-dependent"):
+    with pytest.raises(ExportError, match=r"does not export with torch.export: .*data-dependent.* at "
+                       r"test_torch_export.py:\d+ in forward: return output if output.sum\(\) > 0 else -output; "
+                       r"the network branches on a tensor's value"):
         export(folder, "onnx", network_config=dpx.NetworkConfig(DataDependent))
     with pytest.raises(ExportError, match=r"does not export with torch.export"):
         export(folder, "pt2", network_config=dpx.NetworkConfig(DataDependent), exporter_kwargs={"aoti": False})
-    with pytest.raises(ExportError, match=r"does not convert to ONNX: .*aten\._linalg_eigh"):
+    with pytest.raises(ExportError, match=r"does not convert to ONNX: .*aten\._linalg_eigh.*no ONNX translation"):
         export(spring.parent / "Eigenvalues", "onnx", network_config=dpx.NetworkConfig(Eigenvalues))
     assert not (folder / "export").exists() or not any((folder / "export").iterdir())
 
