@@ -175,7 +175,8 @@ def dpx_exporters():
 
     Each component is a class built as ``cls(**exporter_kwargs)``, with:
 
-    * ``backends``: the network backends whose networks it exports (``("torch",)``);
+    * ``backends`` (optional): the network backends whose networks it exports
+      (``("torch",)``); dpx refuses the others before loading anything;
     * ``export(network, folder, metadata) -> list[Path]``: write the files of
       ``network`` (a loaded network backend, as ``Prediction`` runs it) into
       ``folder`` (empty, created by dpx; renamed to its final name only when

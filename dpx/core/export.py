@@ -67,9 +67,10 @@ def export(
     plugins = get_plugins()
     exporter_info, _ = plugins.component("exporters", format)
     exporter_class = plugins.load("exporters", format)
-    if config.backend not in exporter_class.backends:
+    backends = getattr(exporter_class, "backends", None)
+    if backends is not None and config.backend not in backends:
         raise ConfigError(
-            f"format {format!r} exports networks of the {', '.join(exporter_class.backends)} backend(s); "
+            f"format {format!r} exports networks of the {', '.join(backends)} backend(s); "
             f"{checkpoint} is a network of the {config.backend!r} backend"
         )
     target = Path(out) if out is not None else session_path / "export" / f"{checkpoint.stem}-{format}"
@@ -81,7 +82,8 @@ def export(
         raise ConfigError(f"exporter_kwargs={exporter_kwargs!r} rejected by format {format!r}: {exc}") from None
     network, fields = load_network(dataclasses.replace(config, device="cpu"), checkpoint)
     backend_info, _ = plugins.component("network_backends", config.backend)
-    record = metadata(config, fields, checkpoint, session_path, network.nb_parameters,
+    epoch = plugins.load("network_backends", config.backend).read_extra(checkpoint).get("epoch")
+    record = metadata(config, fields, checkpoint, session_path, network.nb_parameters, epoch,
                       {info.distribution or info.name: info.version for info in (backend_info, exporter_info)})
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -113,7 +115,7 @@ def _checkpoint(session: Path, name: str, which: int | str) -> Path:
 
 
 def metadata(
-    config: NetworkConfig, fields: FieldSpecs, checkpoint: Path, session: Path, parameters: int,
+    config: NetworkConfig, fields: FieldSpecs, checkpoint: Path, session: Path, parameters: int, epoch: int | None,
     plugins: dict[str, str | None],
 ) -> dict[str, Any]:
     """What an exported file says about itself: enough to feed it and to trace it back to its training.
@@ -143,6 +145,7 @@ def metadata(
             "data_type": config.data_type,
             "parameters": parameters,
             "checkpoint": checkpoint.name,
+            "epoch": epoch,
             "checkpoint_sha256": _sha256(checkpoint),
         },
         "versions": {"dpx-core": __version__, **plugins},

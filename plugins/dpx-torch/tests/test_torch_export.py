@@ -45,7 +45,7 @@ class Blur3D(dpx.Environment):
 
 
 CASES = {
-    "fc": ("toy.spring", {}, dpx.NetworkConfig("fc", network_kwargs={"hidden": [32, 32]})),
+    "fc": ("toy.spring", {}, dpx.NetworkConfig("fc", network_kwargs={"hidden": [32, 32]}, save_each_epoch=True)),
     "unet2d": ("toy.heat", {"grid_size": 12}, dpx.NetworkConfig("unet", network_kwargs={"depth": 2, "first_channels": 4})),
     "unet3d": (Blur3D, {}, dpx.NetworkConfig("unet", network_kwargs={"depth": 1, "first_channels": 4})),
 }
@@ -116,6 +116,7 @@ def test_onnxruntime_answers_as_dpx_from_raw_inputs(trained):
     assert metadata["versions"]["dpx-core"] == dpx.__version__ and "dpx-torch" in metadata["versions"]
     assert metadata["session"] == str(trained["session"].resolve())
     assert metadata["network"]["architecture"] == trained["network"].network_class
+    assert (metadata["network"]["checkpoint"], metadata["network"]["epoch"]) == ("network.pt", 0)
     assert metadata == read_metadata(path)
     onnx.checker.check_model(str(path))
 
@@ -219,6 +220,13 @@ def test_command_line_export_and_its_mistakes(spring, tmp_path, capsys):
     # a class the checkpoint names by import path is not imported from it
     assert "import path" in refused(str(spring.parent / "DataDependent"), "--format", "onnx", "--out", str(tmp_path / "dd"))
     assert not (tmp_path / "dd").exists()
+
+
+def test_an_epoch_is_exported_by_number(spring, tmp_path):
+    assert main(["export", str(spring), "--which", "0", "--format", "pt2", "--no-aoti", "--out", str(tmp_path / "e0")]) == 0
+    assert read_metadata(tmp_path / "e0" / "network.pt2")["network"]["checkpoint"] == "network_000.pt"
+    folder = export(spring, "onnx", which=0, out=tmp_path / "onnx0")
+    assert read_metadata(folder / "network.onnx")["network"]["checkpoint"] == "network_000.pt"
 
 
 def test_python_export_mistakes(spring, tmp_path):
