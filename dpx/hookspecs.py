@@ -185,7 +185,8 @@ def dpx_exporters():
       de-normalised outputs: the backend's normalisation and transformations
       are folded in. ``metadata`` (JSON-able: field names, shapes and dtypes,
       versions, the source session) goes into the files themselves, so they
-      are usable without dpx. A network the format cannot express raises
+      are usable without dpx; an exporter adds the versions of the libraries
+      that wrote them. A network the format cannot express raises
       :class:`dpx.core.export.ExportError` saying which operation failed and why.
 
     Example::

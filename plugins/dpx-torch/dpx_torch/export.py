@@ -70,6 +70,11 @@ def export_program(backend: TorchBackend, metadata: dict[str, Any]) -> torch.exp
         raise ExportError(f"{_architecture(metadata)} does not export with torch.export: {_why(exc)}") from exc
 
 
+def _with_versions(metadata: dict[str, Any], **versions: str) -> dict[str, Any]:
+    """``metadata`` with the versions of the libraries that wrote the file (a pt2 file needs the same torch)."""
+    return {**metadata, "versions": {**metadata["versions"], "torch": torch.__version__, **versions}}
+
+
 def _architecture(metadata: dict[str, Any]) -> str:
     return f"network {metadata['network']['architecture']} ({metadata['network']['checkpoint']})"
 
@@ -138,7 +143,8 @@ class OnnxExporter:
 
     def export(self, network: TorchBackend, folder: Path, metadata: dict[str, Any]) -> list[Path]:
         try:
-            import onnxscript  # noqa: F401  the dynamo exporter's translation rules
+            import onnx
+            import onnxscript  # the dynamo exporter's translation rules
         except ImportError:
             raise ExportError("exporting to ONNX needs the onnx and onnxscript packages: "
                               "pip install 'dpx-torch[export]'") from None
@@ -152,6 +158,7 @@ class OnnxExporter:
                 )
         except Exception as exc:
             raise ExportError(f"{_architecture(metadata)} does not convert to ONNX: {_why(exc)}") from exc
+        metadata = _with_versions(metadata, onnx=onnx.__version__, onnxscript=onnxscript.__version__)
         onnx_program.model.metadata_props[METADATA_KEY] = json.dumps(metadata)
         onnx_program.model.producer_name = "dpx"
         path = folder / f"{metadata['network']['name']}.onnx"
@@ -180,7 +187,7 @@ class Pt2Exporter:
             raise ExportError("pt2: aoti=True needs a C++ compiler (c++, g++ or clang++ on PATH); none was found")
         program = export_program(network, metadata)
         name = metadata["network"]["name"]
-        text = json.dumps(metadata)
+        text = json.dumps(_with_versions(metadata))
         paths = [folder / f"{name}.pt2"]
         torch.export.save(program, paths[0], extra_files={EXTRA_FILE: text})
         if self.aoti is not False and compiler is not None:

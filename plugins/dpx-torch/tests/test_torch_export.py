@@ -114,6 +114,7 @@ def test_onnxruntime_answers_as_dpx_from_raw_inputs(trained):
     assert [(f["name"], f["dtype"], f["shape"]) for f in metadata["inputs"] + metadata["outputs"]] == [
         ("input", "float32", shapes[trained["case"]][0]), ("ground_truth", "float32", shapes[trained["case"]][1])]
     assert metadata["versions"]["dpx-core"] == dpx.__version__ and "dpx-torch" in metadata["versions"]
+    assert (metadata["versions"]["torch"], metadata["versions"]["onnx"]) == (torch.__version__, onnx.__version__)
     assert metadata["session"] == str(trained["session"].resolve())
     assert metadata["network"]["architecture"] == trained["network"].network_class
     assert (metadata["network"]["checkpoint"], metadata["network"]["epoch"]) == ("network.pt", 0)
