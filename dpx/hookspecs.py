@@ -196,6 +196,7 @@ def dpx_exporters():
             return {"onnx": dpx.Component("dpx_torch.export:OnnxExporter", "ONNX, through torch.onnx")}
     """
 
+
 @hookspec
 def dpx_losses():
     """Named losses, for ``NetworkConfig(loss="name", loss_kwargs={...})``.
