@@ -152,6 +152,7 @@ FIRST_PARTY: tuple[FirstParty, ...] = (
     FirstParty("vedo", "dpx-vedo", "a 3D viewer", {"visualizers": ("vedo",)}),
     FirstParty("tensorboard", "dpx-tensorboard", "TensorBoard training curves", {"stats_writers": ("tensorboard",)}),
     FirstParty("ray", "dpx-ray", "environments on a Ray cluster", {"runners": ("ray",)}),
+    FirstParty("deepphysx", "dpx-deepphysx", "DeepPhysX datasets read safely, and `dpx import deepphysx`", {"storage_backends": ("deepphysx",)}),
 )
 
 
