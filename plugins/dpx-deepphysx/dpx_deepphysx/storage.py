@@ -190,7 +190,7 @@ class DeepPhysXStorage:
         dtypes: dict[str, np.dtype] = {name: SCALAR_COLUMNS[c.kind] for name, c in fields.items() if c.kind in SCALAR_COLUMNS}
         shapes = {name: c.shape if c.kind == "NUMPY" else () for name, c in fields.items()}
         for partition, count in self.partitions[mode]:
-            for table in {c.table for c in fields.values()}:
+            for table in dict.fromkeys(c.table for c in fields.values()):
                 self._check_rows(partition, table, count, [n for n, c in fields.items() if c.table == table])
             for name, column in fields.items():
                 if column.kind == "NUMPY" and name not in dtypes and count:
