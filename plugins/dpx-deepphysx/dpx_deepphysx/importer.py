@@ -210,7 +210,7 @@ def _read_info(session_dir: Path) -> dict[str, Any] | None:
         key, sep, value = line.strip().partition(": ")
         if sep and key and key[0].isalpha():
             current[key] = value.strip()
-    return {"text": text, "components": sections}
+    return {"text": text, "components": {name: entries for name, entries in sections.items() if entries}}
 
 
 def _info_value(info: dict[str, Any] | None, key: str) -> str | None:

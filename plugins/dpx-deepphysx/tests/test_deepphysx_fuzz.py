@@ -55,6 +55,12 @@ def index_mutations(draw):
                   "replace": json_values}[kind])
 
     def mutate(index: dict) -> None:
+        try:
+            change(index)
+        except (KeyError, TypeError, AttributeError):
+            pass  # an earlier mutation removed what this one changes
+
+    def change(index: dict) -> None:
         if kind == "partition" and index["partitions"].get(mode):
             index["partitions"][mode][0] = value
         elif kind == "count" and index["nb_samples"].get(mode):
