@@ -87,9 +87,9 @@ class DeepPhysXStorage:
         self._folder = self._open_folder()
         try:
             index = self._read_index()
-            self.columns = _columns(index, self.path)
+            #: fields by name, and the columns of types dpx does not store (text, dates...) as ``table.name (TYPE)``
+            self.columns, self.skipped = _columns(index, self.path)
             self.partitions = _partitions(index, self.path)
-            self.skipped = [f"{TABLES[table]}.{name} ({kind})" for table, name, kind in _skipped_columns(index)]
             self._layouts = {mode: self._layout(mode) for mode in self.partitions}
             self.metadata = {
                 "normalization": _normalization(index, self._layouts.get("training", {}), self.count("training"), self.path),
@@ -213,6 +213,8 @@ class DeepPhysXStorage:
 
     def _check_rows(self, partition: str, table: str, count: int, names: list[str]) -> None:
         columns = {row[1] for row in self._query(partition, f'PRAGMA table_info("{table}")')}
+        if not columns:
+            raise CorruptDatasetError(f"{self._file(partition)} has no table {table!r}, which {INDEX} declares")
         missing = [name for name in ["id", *names] if name not in columns]
         if missing:
             raise CorruptDatasetError(
@@ -381,19 +383,19 @@ def _column_entries(index: dict[str, Any], path: Path) -> list[tuple[str, str, s
     return entries
 
 
-def _skipped_columns(index: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Columns of a type dpx does not read (text, dates...)."""
-    return [(t, n, k) for t, n, k in _column_entries(index, Path(".")) if k != "NUMPY" and k not in SCALAR_COLUMNS]
+def _columns(index: dict[str, Any], path: Path) -> tuple[dict[str, Column], list[str]]:
+    """The fields of the dataset by name, and the columns skipped.
 
-
-def _columns(index: dict[str, Any], path: Path) -> dict[str, Column]:
-    """The fields of the dataset by name; ``env_id`` (which environment made a sample) comes from the training table."""
+    ``env_id`` (which environment made a sample) is in both tables: it is read from the training one.
+    """
     shapes = index.get("data_shape", {})
     if not isinstance(shapes, dict):
         raise _corrupt(path, "'data_shape' is not an object")
     columns: dict[str, Column] = {}
+    skipped = []
     for table, name, kind in _column_entries(index, path):
         if kind != "NUMPY" and kind not in SCALAR_COLUMNS:
+            skipped.append(f"{TABLES[table]}.{name} ({kind})")
             continue
         try:
             check_field_name(name)
@@ -413,7 +415,7 @@ def _columns(index: dict[str, Any], path: Path) -> dict[str, Column]:
         columns[name] = Column(TABLES[table], kind, tuple(shape) if shape is not None else None)
     if not columns:
         raise _corrupt(path, "'architecture' lists no field dpx can read")
-    return columns
+    return columns, skipped
 
 
 def _partitions(index: dict[str, Any], path: Path) -> dict[str, list[tuple[str, int]]]:

@@ -104,3 +104,20 @@ def test_a_damaged_dataset_is_one_error_line_and_no_session(tiny_dataset, tmp_pa
     error = capsys.readouterr().err
     assert error.startswith("dpx import: error: ") and "tiny_validation_0.db: table 'training' holds 4 rows" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_text_column_is_reported_not_converted(tiny_dataset, tmp_path, capsys):
+    import sqlite3
+
+    session, _ = tiny_dataset
+    dataset = session / "dataset"
+    for partition in dataset.glob("*.db"):
+        with sqlite3.connect(partition) as connection:
+            connection.execute('ALTER TABLE training ADD COLUMN "note" TEXT')
+    index = json.loads((dataset / "dataset.json").read_text())
+    index["architecture"]["Training"].append("note (STR)")
+    (dataset / "dataset.json").write_text(json.dumps(index))
+    assert main(["import", "deepphysx", str(session), "--out", str(tmp_path / "out")]) == 0
+    report = capsys.readouterr().out
+    assert f"not converted: {dataset / 'dataset.json'}: column training.note (STR): dpx stores numbers and arrays only" in report
+    assert "converted: dataset: training: 8, validation: 4 samples" in report
