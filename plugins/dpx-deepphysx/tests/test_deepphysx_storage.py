@@ -189,3 +189,12 @@ def test_training_runs_on_a_deepphysx_dataset_as_it_is(tiny_dataset, tmp_path):
 
     extra = torch.load(training.session_path / "network" / "network.pt", weights_only=True)["extra"]
     assert extra["normalization"]["input"] == {"mean": [stored["input"][0]] * 3, "std": [pytest.approx(stored["input"][1])] * 3}
+
+
+def test_the_plugin_module_is_light_and_registers_the_backend():
+    import dpx.testing
+    from dpx.plugins import Plugins
+
+    dpx.testing.assert_light_import("dpx_deepphysx", heavy=["torch", "sqlite3", "dpx_deepphysx.storage"])
+    info = Plugins(strict=True).plugins["deepphysx"]
+    assert info.status == "ok" and set(info.provides["storage_backends"]) == {"deepphysx"}
