@@ -20,7 +20,6 @@ Everything is read and checked before the new session is created.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -38,8 +37,6 @@ from dpx.core.network import checkpoint_path
 from dpx.core.session import Session, outcome_of
 from dpx.core.storage import MemmapStorage, StorageError
 from dpx_deepphysx.storage import INDEX, DeepPhysXStorage
-
-log = logging.getLogger("dpx.deepphysx")
 
 #: DeepPhysX's fixed names of the network's input and target fields.
 INPUT, TARGET = "input", "ground_truth"

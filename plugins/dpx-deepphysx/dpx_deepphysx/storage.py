@@ -60,6 +60,7 @@ COLUMN = re.compile(r"([A-Za-z_][A-Za-z0-9_]*) \(([A-Z]+)\)")
 PARTITION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,200}")
 #: A pickled array is its raw bytes (at most twice as long as latin1 text) and a header.
 PICKLE_OVERHEAD = 4096
+#: The widest plain dtype (complex128), bounding a sample's pickle before its dtype is known.
 MAX_ITEMSIZE = 16
 READ_ONLY_HINT = "convert it with `python -m dpx import deepphysx PATH` to add samples to it"
 

@@ -25,6 +25,7 @@ from dpx.core.database import Database
 from dpx.core.config import DatabaseConfig
 from dpx.core.storage import StorageError
 
+#: What the crafted pickle creates in the current folder (each example runs in its own) if it runs.
 MARKER = "ran"
 HOSTILE_NAMES = ["../outside/victim", "/tmp/victim", "..", ".", "", "a/b", "tiny_training_0.db", "tiny_training_1",
                  "input\x00", "ok", 'x"; DROP TABLE training; --']
@@ -79,25 +80,25 @@ def index_mutations(draw):
     return mutate
 
 
-def cell_values(marker: Path):
+def cell_values():
     arrays = st.sampled_from([np.zeros((4, 3)), np.zeros((4, 2)), np.zeros((4, 3), np.float32), np.zeros(3),
                               np.array([1, None], dtype=object), np.zeros(2, dtype=[("a", "<f4")])])
-    evil = pickle.dumps(RunsCommand(f"touch {marker}"), protocol=2)
+    evil = pickle.dumps(RunsCommand(f"touch {MARKER}"), protocol=2)
     return st.one_of(
         st.just(evil), st.just(evil.replace(b"cposix\nsystem", b"cos\nsystem")),
         arrays.map(lambda a: pickle.dumps(a, protocol=2)),
-        st.binary(max_size=64), st.none(), st.integers(), st.text(max_size=8), st.just(pickle.dumps({"a": 1})),
+        st.binary(max_size=64), st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=8), st.just(pickle.dumps({"a": 1})),
     )
 
 
 @st.composite
-def row_mutations(draw, marker: Path):
+def row_mutations(draw):
     """A function changing one cell, or the ids, of a partition."""
     partition = draw(st.sampled_from(["tiny_training_0", "tiny_training_1", "tiny_validation_0"]))
     table, column = draw(st.sampled_from([("training", "input"), ("training", "ground_truth"), ("training", "env_id"),
                                           ("additional", "sample_index"), ("training", "id")]))
     row = draw(st.integers(1, 3))
-    value = draw(cell_values(marker) if column != "id" else st.integers(-2, 9))
+    value = draw(cell_values() if column != "id" else st.integers(-2, 9))
     truncate = draw(st.integers(0, 70000))
     kind = draw(st.sampled_from(["cell", "cell", "cell", "delete", "truncate", "link", "garbage"]))
 
@@ -150,12 +151,9 @@ def check_reads(dataset: Path) -> None:
         pass
 
 
-MARKER_DIR = Path(tempfile.mkdtemp(prefix="dpx-deepphysx-fuzz-"))
-
-
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
                                                                                HealthCheck.function_scoped_fixture])
-@given(st.lists(index_mutations(), max_size=2), st.lists(row_mutations(MARKER_DIR / MARKER), min_size=1, max_size=2))
+@given(st.lists(index_mutations(), max_size=2), st.lists(row_mutations(), min_size=1, max_size=2))
 def test_mutated_deepphysx_datasets_read_or_raise_the_storage_error(template, index_changes, row_changes):
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -171,9 +169,14 @@ def test_mutated_deepphysx_datasets_read_or_raise_the_storage_error(template, in
         for change in row_changes:
             change(dataset, outside)
 
-        check_reads(dataset)
+        previous = os.getcwd()
+        os.chdir(work)
+        try:
+            check_reads(dataset)
+        finally:
+            os.chdir(previous)
 
-        assert not (MARKER_DIR / MARKER).exists(), "a pickle ran a command"
+        assert not (work / MARKER).exists(), "a pickle ran a command"
         assert sorted(p.name for p in outside.iterdir()) == ["victim.db"]
         assert (outside / "victim.db").read_bytes() == victim
         assert sorted(p.name for p in work.iterdir()) == ["session"]
