@@ -52,14 +52,16 @@ CHUNK = 1024
 
 @dataclass
 class ImportReport:
-    """The new session and what was and was not converted."""
+    """The new session, what was and was not converted, and what the user should know of how."""
 
     session: Path
     converted: list[str] = field(default_factory=list)
     not_converted: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"imported into {self.session}"]
+        lines += [f"  note: {item}" for item in self.notes]
         lines += [f"  converted: {item}" for item in self.converted]
         lines += [f"  not converted: {item}" for item in self.not_converted]
         return "\n".join(lines)
@@ -86,7 +88,8 @@ def import_session(path: str | os.PathLike, out: str | os.PathLike | None = None
     (``name_1``, ``name_2``... as for every dpx session).
     """
     source = Path(path)
-    session_dir, dataset_dir = _locate(source, None if dataset is None else Path(dataset))
+    notes: list[str] = []
+    session_dir, dataset_dir = _locate(source, None if dataset is None else Path(dataset), notes)
     not_converted: list[str] = []
     facts: dict[str, Any] = {"source": str(source.resolve())}
     arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -111,7 +114,7 @@ def import_session(path: str | os.PathLike, out: str | os.PathLike | None = None
     name = (session_dir or (dataset_dir.parent if dataset_dir.name == "dataset" else dataset_dir)).resolve().name
     target = Path(out) if out is not None else Path("sessions") / name
     session = Session.start(target.parent, target.name, new_session=True)
-    report = ImportReport(session.path, not_converted=not_converted)
+    report = ImportReport(session.path, not_converted=not_converted, notes=notes)
     session.record_run("Import", {"import": {"format": "deepphysx", "path": str(source),
                                              "dataset": None if dataset is None else str(dataset)}}, deepphysx=facts)
     try:
@@ -126,17 +129,24 @@ def import_session(path: str | os.PathLike, out: str | os.PathLike | None = None
     except BaseException as exc:
         session.finish_run(outcome_of(exc))
         raise
-    session.finish_run("completed", converted=report.converted, not_converted=report.not_converted)
+    session.finish_run("completed", converted=report.converted, not_converted=report.not_converted, notes=notes)
     return report
 
 
 # -- finding the parts ---------------------------------------------------------------------
 
 
-def _locate(source: Path, named: Path | None) -> tuple[Path | None, Path | None]:
-    """``(session folder, dataset folder)`` of ``source``; a dataset link is followed only to ``named``."""
+def _locate(source: Path, named: Path | None, notes: list[str]) -> tuple[Path | None, Path | None]:
+    """``(session folder, dataset folder)`` of ``source``; a dataset link is followed only to ``named``.
+
+    A link to a folder absent here (DeepPhysX writes absolute links: the
+    session was made elsewhere) gives way to the dataset the user names,
+    which ``notes`` records.
+    """
     if not source.is_dir():
         raise ConfigError(f"{source}: no such folder; give a DeepPhysX session or dataset folder")
+    if named is not None and not named.is_dir():
+        raise ConfigError(f"--dataset {named}: no such folder")
     if (source / INDEX).exists():
         if named is not None:
             raise ConfigError(f"{source} is a dataset itself: --dataset is for a training session whose dataset is a link")
@@ -148,11 +158,14 @@ def _locate(source: Path, named: Path | None) -> tuple[Path | None, Path | None]
         target = os.readlink(link)
         resolved = (source / target).resolve()
         if named is None:
+            where = f"--dataset {resolved} if that is" if resolved.exists() else "--dataset PATH naming where it is now, if it is"
             raise ConfigError(
-                f"{link} is a link to {target}: dpx follows it only to a dataset you name; "
-                f"add --dataset {resolved} if that is the dataset this session trained on"
+                f"{link} is a link to {target}{'' if resolved.exists() else ', which is not here'}: dpx follows it only "
+                f"to a dataset you name; add {where} the dataset this session trained on"
             )
-        if not resolved.exists() or not os.path.samefile(named, resolved):
+        if not resolved.exists():
+            notes.append(f"{link} is a link to {target}, which is not here: the dataset you named ({named}) was read")
+        elif not os.path.samefile(named, resolved):
             raise ConfigError(f"{link} is a link to {target}, not to the dataset you named ({named})")
         return source, named
     if link.is_dir():

@@ -121,3 +121,21 @@ def test_a_text_column_is_reported_not_converted(tiny_dataset, tmp_path, capsys)
     report = capsys.readouterr().out
     assert f"not converted: {dataset / 'dataset.json'}: column training.note (STR): dpx stores numbers and arrays only" in report
     assert "converted: dataset: training: 8, validation: 4 samples" in report
+
+
+def test_a_link_made_on_another_machine_gives_way_to_the_dataset_named(tiny_dataset, fc_writer, tmp_path, capsys):
+    data_session, _ = tiny_dataset
+    training = tmp_path / "tiny_fc"
+    training.mkdir()
+    (training / "dataset").symlink_to("/home/someone/DeepPhysX/sessions/tiny/dataset")  # absent here
+    fc_writer(training, [12, 4, 3])
+    out = tmp_path / "out"
+    assert main(["import", "deepphysx", str(training), "--out", str(out)]) == 2
+    assert "which is not here: dpx follows it only to a dataset you name; add --dataset PATH" in capsys.readouterr().err
+    assert main(["import", "deepphysx", str(training), "--dataset", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert f"--dataset {tmp_path / 'nowhere'}: no such folder" in capsys.readouterr().err and not out.exists()
+    assert main(["import", "deepphysx", str(training), "--dataset", str(data_session), "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert f"note: {training / 'dataset'} is a link to /home/someone/DeepPhysX/sessions/tiny/dataset, which is not here: " \
+           f"the dataset you named ({data_session / 'dataset'}) was read" in report
+    assert "converted: network: network.pth" in report
