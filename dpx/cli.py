@@ -136,6 +136,22 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--no-aoti", action="store_true",
                         help="pt2: skip the AOTInductor package (it needs a C++ compiler and tens of seconds)")
     export.set_defaults(run=_export)
+
+    importer = commands.add_parser(
+        "import",
+        help="convert a session made by another tool (DeepPhysX) into a dpx session",
+        description="Convert a DeepPhysX 22.12 session or dataset into a new dpx session: the dataset (checked "
+        "sample by sample), the facts of info.txt and dataset.json (into session.json), FC networks (so "
+        "`dpx predict` runs them) and training curves; what cannot be converted is listed. No code from the "
+        "files is run. To train on a DeepPhysX dataset without converting it, use DatabaseConfig(storage=\"deepphysx\").",
+        epilog="Example: python -m dpx import deepphysx sessions/my_training --dataset sessions/my_data --out sessions/mine",
+    )
+    importer.add_argument("format", choices=sorted(IMPORTERS), help="the tool that made the session")
+    importer.add_argument("path", help="its session folder (or dataset folder)")
+    importer.add_argument("--out", help="the dpx session to create (default: sessions/NAME; never overwritten)")
+    importer.add_argument("--dataset", help="the dataset a training session's `dataset` link points at: "
+                          "dpx follows that link only to a dataset you name")
+    importer.set_defaults(run=_import)
     return parser
 
 
@@ -146,6 +162,22 @@ def _export(args: argparse.Namespace) -> int:
                     exporter_kwargs={"aoti": False} if args.no_aoti else None)
     for path in sorted(folder.iterdir()):
         print(path)
+    return 0
+
+
+#: ``dpx import FORMAT``: the function converting it and the distribution providing it.
+IMPORTERS = {"deepphysx": ("dpx_deepphysx.importer", "dpx-deepphysx")}
+
+
+def _import(args: argparse.Namespace) -> int:
+    import importlib
+
+    module, distribution = IMPORTERS[args.format]
+    try:
+        importer = importlib.import_module(module)
+    except ImportError:
+        raise PluginError(f"importing {args.format} sessions needs the {distribution} plugin: pip install {distribution}") from None
+    print(importer.import_session(args.path, out=args.out, dataset=args.dataset))
     return 0
 
 

@@ -66,3 +66,13 @@ def test_info_on_a_missing_session(tmp_path):
 def test_help_describes_the_commands(tmp_path):
     result = dpx_cli("generate", "--help", cwd=tmp_path)
     assert "[environment] (EnvironmentConfig)" in result.stdout and "--seed" in result.stdout
+
+
+def test_import_without_the_plugin_says_what_to_install(monkeypatch, capsys):
+    import dpx.cli
+
+    monkeypatch.setitem(dpx.cli.IMPORTERS, "deepphysx", ("dpx_not_installed.importer", "dpx-deepphysx"))
+    assert dpx.cli.main(["import", "deepphysx", "somewhere"]) == 2
+    assert capsys.readouterr().err == (
+        "dpx import: error: importing deepphysx sessions needs the dpx-deepphysx plugin: pip install dpx-deepphysx\n"
+    )

@@ -9,7 +9,10 @@ from torch import nn
 
 from dpx_torch.network import Network
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU,
+               "prelu": nn.PReLU}
+#: Activations learning one slope per unit (as DeepPhysX's FC does), built with their layer's width.
+PER_UNIT = {"prelu"}
 
 
 class FC(Network):
@@ -52,7 +55,7 @@ class FC(Network):
         for i, (a, b) in enumerate(zip(dim_layers[:-1], dim_layers[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(dim_layers) - 2:
-                layers.append(ACTIVATIONS[activation]())
+                layers.append(ACTIVATIONS[activation](b) if activation in PER_UNIT else ACTIVATIONS[activation]())
                 if dropout:
                     layers.append(nn.Dropout(dropout))
         self.layers = nn.Sequential(*layers)

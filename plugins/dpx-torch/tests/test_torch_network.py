@@ -30,6 +30,17 @@ def test_network_api_round_trips_parameters_safely(tmp_path):
         other.load_parameters(tmp_path / "evil.pt")
 
 
+def test_prelu_learns_one_slope_per_unit_as_deepphysx_fc_does():
+    net = FC(input_shape=(10, 3), output_shape=(3,), dim_layers=[30, 16, 8, 3], activation="prelu")
+    assert [type(layer).__name__ for layer in net.layers] == ["Linear", "PReLU", "Linear", "PReLU", "Linear"]
+    assert net.layers[1].weight.shape == (16,) and net.layers[3].weight.shape == (8,)
+    with torch.no_grad():
+        net.layers[1].weight.copy_(torch.linspace(0.0, 1.0, 16))
+        hidden = net.layers[0](torch.full((1, 30), -1.0))
+        slopes = net.layers[1](hidden) / hidden
+    torch.testing.assert_close(slopes[0], torch.linspace(0.0, 1.0, 16).where(hidden[0] < 0, torch.ones(16)))
+
+
 def test_set_train_and_eval_switch_dropout():
     net = FC(input_shape=(10,), output_shape=(10,), hidden=[256], dropout=0.5)
     x = torch.ones(1, 10)
