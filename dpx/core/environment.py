@@ -255,14 +255,16 @@ class Environment:
     def get_prediction(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Ask the network for a prediction on ``inputs`` (e.g. ``input=array``).
 
-        Only available when the pipeline holds a network (training or
-        prediction); the request travels to the process holding it and back.
+        Available in the Prediction pipeline, where the request travels to the
+        process holding the network and back, and outside pipelines through
+        :meth:`connect_predictor`. Training offers none yet: its network
+        changes in another thread while the environments produce.
         """
         predictor = getattr(self, "_predictor", None)
         if predictor is None:
             raise RuntimeError(
                 f"{type(self).__name__}.get_prediction() needs a network: "
-                "it is available in the Training and Prediction pipelines, not in DataGeneration; "
+                "it is available in the Prediction pipeline (not in DataGeneration, nor yet in Training); "
                 "outside a pipeline, connect one with connect_predictor(dpx.load_predictor(session))"
             )
         return predictor(inputs)

@@ -479,7 +479,7 @@ class MultiprocessRunner(RemoteRunner):
         try:
             if self.predictor is None:
                 worker.channel.send({"type": "no_prediction", "error": (
-                    "get_prediction() needs a network: it is available in the Training and Prediction pipelines")},
+                    "get_prediction() needs a network: it is available in the Prediction pipeline")},
                     deadline)
                 return
             worker.channel.send({"type": "prediction", "prediction": self.predictor(inputs)}, deadline)

@@ -55,7 +55,7 @@ from dpx.core.runners import (
 log = logging.getLogger("dpx.ray")
 
 #: Message the environments get when they ask for a prediction no network can answer.
-NO_NETWORK = "get_prediction() needs a network: it is available in the Training and Prediction pipelines"
+NO_NETWORK = "get_prediction() needs a network: it is available in the Prediction pipeline"
 
 
 @dataclass
