@@ -53,6 +53,23 @@ def check_training(config: EnvironmentConfig | None, existing_dir: str | None) -
         )
 
 
+def check_fields(config: EnvironmentConfig | None, declared: dict[str, Any], stored: dict[str, Any],
+                 dataset: Any, mode: str) -> None:
+    """The fields an environment declares must take the stored samples it is fed: same shape, a dtype cast safely."""
+    if config is None or not config.load_samples:
+        return
+    for name, (dtype, shape) in declared.items():
+        if name not in stored:
+            continue
+        stored_dtype, stored_shape = np.dtype(stored[name][0]), tuple(stored[name][1])
+        if stored_shape != tuple(shape) or not np.can_cast(stored_dtype, dtype, "same_kind"):
+            raise ConfigError(
+                f"EnvironmentConfig: load_samples=True feeds {config.environment_name} the {mode} samples of "
+                f"{dataset}, whose field {name!r} is {stored_dtype} {stored_shape}, but the environment declares it "
+                f"{np.dtype(dtype)} {tuple(shape)}; feed it a dataset made by this environment"
+            )
+
+
 def feeds_only(config: EnvironmentConfig | None, existing_dir: str | None) -> bool:
     """Whether a Training's environments only step on stored samples and produce none (nothing is stored)."""
     return config is not None and config.load_samples and existing_dir is not None

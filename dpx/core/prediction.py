@@ -244,6 +244,8 @@ class Prediction:
         mode = self.replayed_mode
         with Database(dataset, DatabaseConfig(storage=self.database_config.storage), readonly=True) as stored:
             count = stored.count(mode) if mode in stored.modes else 0
+            feeding.check_fields(self.environment_config, setup.fields, stored.fields(mode) if count else {}, dataset,
+                                 mode)
         instances = self.environment_config.workers
         feeding.check_replay(self.step_nb, instances, count, dataset, mode)
         setup.dataset = dataset

@@ -188,9 +188,12 @@ class Training:
         if producing:
             source_name = self._check_production(setup, source, reopened)
         else:
+            declared = {}
             if self.environment_config is not None:  # fed stored samples: the dataset read gives the fields
                 check_environment(self.environment_config, setup)
+                declared = setup.fields
             source_name = self._check_stored_dataset(setup, source or self._own_dataset(reopened))
+            feeding.check_fields(self.environment_config, declared, setup.fields, setup.dataset, "training")
         if setup.fields_complete:
             check_network_fields(setup.fields, network.input_fields, network.target_fields, source_name)
         check_network(network, setup.fields if setup.fields_complete else None)

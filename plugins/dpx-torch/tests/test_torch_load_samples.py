@@ -122,3 +122,13 @@ def test_load_samples_where_it_would_feed_nothing_is_refused(stored, tmp_path):
         dpx.Prediction(network, environment(log), dpx.DatabaseConfig(existing_dir=str(stored / "data")),
                        session_dir=str(tmp_path), session_name="p", new_session=True, step_nb=99).prepare()
     assert not log.exists() and not (tmp_path / "p").exists()
+
+
+def test_an_environment_whose_fields_do_not_fit_the_stored_samples_is_refused_before_anything_runs(stored, tmp_path):
+    misfit = dpx.EnvironmentConfig("toy.mean", load_samples=True, env_kwargs={"n_points": 4})
+    with pytest.raises(ConfigError, match=r"load_samples=True feeds toy.mean the training samples of .*data/dataset, "
+                                          r"whose field 'input' is float32 \(3,\), but the environment declares it "
+                                          r"float32 \(4, 3\)"):
+        dpx.Training(FC, dpx.DatabaseConfig(existing_dir=str(stored / "data")), misfit, session_dir=str(tmp_path),
+                     session_name="misfit", batch_size=8).prepare()
+    assert not (tmp_path / "misfit").exists()
