@@ -19,6 +19,11 @@ samples after them (a retrained network, another seed or environment) is
 refused before it starts: record it in another session. Without a seed, a
 run reuses the seed of the recording it continues.
 
+With ``EnvironmentConfig(load_samples=True)`` the environments do not draw
+their own samples: each step replays the next stored samples of
+``DatabaseConfig(existing_dir=..., mode=...)`` through them (see
+:mod:`dpx.core.feeding`), so the error is measured on a fixed set.
+
 The network comes from ``network_dir`` when given, else from the session
 itself; ``network_kwargs`` default to the ones saved with it. The
 environment's fields are checked against the shapes the network was trained

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from dpx.core import feeding, parameters
 from dpx.core.config import (
     MODE_STREAMS,
     ConfigError,
@@ -58,7 +59,6 @@ from dpx.core.config import (
     NetworkConfig,
     as_record,
 )
-from dpx.core import feeding, parameters
 from dpx.core.database import Database
 from dpx.core.network import (
     CheckpointError,
@@ -153,9 +153,10 @@ class Training:
                 raise ConfigError(f"Training: {name}={value!r} must be an integer >= {minimum}")
         if batch_nb is not None and (not isinstance(batch_nb, int) or batch_nb < 1):
             raise ConfigError(f"Training: batch_nb={batch_nb!r} must be a positive integer or None")
-        feeding.check_training(environment_config, (database_config or DatabaseConfig()).existing_dir)
-        if environment_config is not None and batch_nb is None and not feeding.feeds_only(
-                environment_config, (database_config or DatabaseConfig()).existing_dir):
+        existing_dir = (database_config or DatabaseConfig()).existing_dir
+        feeding.check_training(environment_config, existing_dir)
+        if environment_config is not None and batch_nb is None and not feeding.feeds_only(environment_config,
+                                                                                           existing_dir):
             raise ConfigError("Training: batch_nb is required when an environment produces the data")
         self.network_config = network_config
         self.database_config = database_config or DatabaseConfig()
