@@ -15,8 +15,6 @@ example shows its feature on the same small environment:
 
 from __future__ import annotations
 
-import signal
-
 import numpy as np
 
 import dpx
@@ -41,7 +39,7 @@ class MeanEnvironment(dpx.Environment):
     def step(self):
         self.steps += 1
         if self.steps == self.interrupt_at:
-            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C
+            raise KeyboardInterrupt  # what Python raises when the user presses Ctrl-C
         if self.sample_training is not None:  # load_samples: move the stored cloud
             cloud = self.sample_training["input"] + self.rng.normal(0, 0.01, (self.n_points, 3)).astype(np.float32)
         else:

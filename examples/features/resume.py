@@ -1,6 +1,6 @@
 """Resume after Ctrl-C: an interrupted generation or training continues where it stopped.
 
-The environment presses Ctrl-C itself at its 100th sample; running the same
+At its 100th sample the environment raises what Ctrl-C raises; running the same
 job again with ``new_session=False`` produces only the missing samples (with
 the same seeds, so the dataset equals an uninterrupted one). Training resumes
 from its last checkpoint the same way.
