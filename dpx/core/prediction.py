@@ -243,8 +243,9 @@ class Prediction:
         """The stored samples ``load_samples`` replays: ``DatabaseConfig(existing_dir=..., mode=...)``."""
         existing = self.database_config.existing_dir
         if existing is None:
-            raise ConfigError("Prediction: load_samples=True replays stored samples through the environments: set "
-                              "DatabaseConfig(existing_dir=<a session or dataset>, mode=<the mode to replay>)")
+            raise ConfigError("DatabaseConfig: existing_dir is not set, and load_samples=True replays stored samples "
+                              "through the environments: set existing_dir to a session or dataset (and mode to the "
+                              "mode to replay, training by default)")
         dataset = existing_dataset(existing)
         mode = self.replayed_mode
         with Database(dataset, DatabaseConfig(storage=self.database_config.storage), readonly=True) as stored:

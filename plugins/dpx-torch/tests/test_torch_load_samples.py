@@ -114,7 +114,7 @@ def test_load_samples_where_it_would_feed_nothing_is_refused(stored, tmp_path):
     with pytest.raises(ConfigError, match="DataGeneration produces new ones: drop load_samples"):
         dpx.DataGeneration(environment(log), session_dir=str(tmp_path), batch_nb=1, batch_size=4).prepare()
     network = dpx.NetworkConfig("fc", network_kwargs={"hidden": [16]}, network_dir=str(stored / "net"))
-    with pytest.raises(ConfigError, match=r"set DatabaseConfig\(existing_dir=<a session or dataset>"):
+    with pytest.raises(ConfigError, match=r"^DatabaseConfig: existing_dir is not set, and load_samples=True replays"):
         dpx.Prediction(network, environment(log), session_dir=str(tmp_path), session_name="p",
                        new_session=True).prepare()
     with pytest.raises(ConfigError, match=f"step_nb=99 with load_samples=True replays 99 stored samples, but .* holds "
@@ -132,3 +132,33 @@ def test_an_environment_whose_fields_do_not_fit_the_stored_samples_is_refused_be
         dpx.Training(FC, dpx.DatabaseConfig(existing_dir=str(stored / "data")), misfit, session_dir=str(tmp_path),
                      session_name="misfit", batch_size=8).prepare()
     assert not (tmp_path / "misfit").exists()
+
+
+def test_the_command_line_replays_stored_samples_or_says_what_is_missing(stored, tmp_path, capsys):
+    from dpx.cli import main
+
+    job = tmp_path / "replay.toml"
+    job.write_text(f"""
+[environment]
+environment_class = "dpx.testing_envs:Replaying"
+load_samples = true
+env_kwargs = {{ save = false }}
+
+[network]
+network_class = "fc"
+network_dir = "{stored / 'net'}"
+
+[pipeline]
+session_dir = "{tmp_path}"
+session_name = "cli"
+new_session = true
+record = true
+""")
+    assert main(["predict", str(job)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith(f"dpx predict: error: {job} [database] existing_dir is not set, "
+                                                   "and load_samples=True replays stored samples")
+    assert not (tmp_path / "cli").exists()
+    assert main(["predict", str(job), f'database.existing_dir="{stored / "data"}"']) == 0
+    with dpx.open_database(tmp_path / "cli") as database:
+        np.testing.assert_array_equal(database.read("prediction", ["input"])["input"], stored_inputs(stored / "data"))
