@@ -115,8 +115,9 @@ def give(runner: Any, dataset: str | os.PathLike | None) -> None:
 def keep(runner: Any, dataset: str | os.PathLike | None) -> None:
     """Store what the runner's environments saved in ``dataset``, once they started.
 
-    With no dataset to write (``None``: the run only reads one), saved values
-    that differ from the stored ones are dropped with a warning.
+    With no dataset to write (``None``: the run only reads one, or records
+    nothing), saved values that differ from the stored ones are dropped: said
+    at the info level, as such runs are usual (a prediction without ``record``).
     """
     saved = getattr(runner, "saved_parameters", {})
     if dataset is not None:
@@ -128,8 +129,8 @@ def keep(runner: Any, dataset: str | os.PathLike | None) -> None:
     dropped = [f"{instance}.{name}" for instance, values in saved.items() for name, value in values.items()
                if name not in stored.get(instance, {}) or not _same(stored[instance][name], value)]
     if dropped:
-        log.warning("dpx: parameters %s saved by the environments are not stored: this run writes no dataset",
-                    ", ".join(dropped))
+        log.info("dpx: parameters %s saved by the environments are not stored: this run writes no dataset",
+                 ", ".join(sorted(dropped)))
 
 
 # -- on disk ---------------------------------------------------------------------------
