@@ -151,3 +151,14 @@ def test_malformed_parameters_from_a_worker_are_its_failure(sent):
     finally:
         channel.close()
         runner.close()
+
+
+def test_a_training_session_keeps_the_parameters_of_the_dataset_it_read(tmp_path, capsys):
+    data = generate(tmp_path, "data").session_path
+    network = dpx.NetworkConfig("fc", network_kwargs={"hidden": [8]})
+    trained = dpx.Training(network, dpx.DatabaseConfig(existing_dir=str(data)), session_dir=str(tmp_path),
+                           session_name="net", epoch_nb=1, batch_size=4, progress=False).execute().session_path
+    copied = read_parameters(trained / "dataset")
+    assert copied[0]["name"] == "replaying 0" and np.array_equal(copied[0]["scale"], np.full(3, 2.0, np.float32))
+    assert main(["info", str(trained)]) == 0
+    assert "parameters of environment 0:" in capsys.readouterr().out

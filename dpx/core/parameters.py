@@ -14,6 +14,9 @@ Layout in the dataset folder::
                                          "rest": {"dtype": "<f4", "shape": [10, 3]}}}}
     parameters/0.rest.npy        one .npy file per array, C order, no pickles
 
+A Training that reads another session's dataset copies its parameters into
+its own session, so a Prediction in the network's session finds them.
+
 A shared dataset is untrusted input, so these files are checked as the
 dataset's index is: names are identifiers, dtypes plain numeric or bool,
 shapes and sizes checked against the files before anything is allocated, and

@@ -286,6 +286,8 @@ class Training:
         setup = setup or self.prepare()
         backend_class = load_backend(self.network_config)
         session, database = self._open(setup)
+        if database.path != session.dataset_dir:  # the network's session keeps the constants of its data
+            parameters.write_parameters(session.dataset_dir, parameters.read_parameters(database.path))
         self.session_path = session.path
         checkpoint = setup.checkpoint
         seed = self._seed(session)
