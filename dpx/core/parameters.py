@@ -191,11 +191,11 @@ def write_parameters(dataset: str | os.PathLike, saved: Mapping[int, Mapping[str
 def describe(dataset: str | os.PathLike) -> dict[str, dict[str, str]]:
     """``{instance: {name: "float32 (10, 3)" or the JSON value}}``, for ``dpx info``."""
     manifest = _read_manifest(Path(dataset))
-    return {
-        instance: {name: (f"{np.dtype(e['dtype'])} {tuple(e['shape'])}" if "dtype" in e else json.dumps(e["value"])[:60])
-                   for name, e in entries.items()}
-        for instance, entries in manifest["instances"].items()
-    }
+    def shown(entry: dict[str, Any]) -> str:
+        return f"{np.dtype(entry['dtype'])} {tuple(entry['shape'])}" if "dtype" in entry else json.dumps(entry["value"])[:60]
+
+    return {instance: {name: shown(entry) for name, entry in entries.items()}
+            for instance, entries in manifest["instances"].items()}
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -230,12 +230,17 @@ def _check_manifest(manifest: Any) -> None:
             if not isinstance(entry, dict) or not (set(entry) == {"value"} or set(entry) == {"dtype", "shape"}):
                 raise ValueError(f"parameter {name!r}: expected {{'value': ...}} or {{'dtype': ..., 'shape': ...}}")
             if "dtype" in entry:
-                dtype = check_field_dtype(name, entry["dtype"], "parameter") if isinstance(entry["dtype"], str) else None
-                shape = entry["shape"]
-                if dtype is None or not isinstance(shape, list) or len(shape) > MAX_DIMENSIONS or not all(
-                        type(n) is int and n >= 0 for n in shape) or dtype.itemsize * math.prod(shape) > MAX_ARRAY_BYTES:
-                    raise ValueError(f"parameter {name!r}: dtype {str(entry['dtype'])[:20]} and shape "
-                                     f"{str(shape)[:80]} are not a storable array")
+                _check_array_entry(name, entry["dtype"], entry["shape"])
+
+
+def _check_array_entry(name: str, dtype: Any, shape: Any) -> None:
+    """A manifest's array: a storable dtype, at most ``MAX_DIMENSIONS`` sizes, at most ``MAX_ARRAY_BYTES``."""
+    if not isinstance(dtype, str):
+        raise ValueError(f"parameter {name!r}: dtype {str(dtype)[:20]} is not a dtype name")
+    itemsize = check_field_dtype(name, dtype, "parameter").itemsize
+    sizes = isinstance(shape, list) and len(shape) <= MAX_DIMENSIONS and all(type(n) is int and n >= 0 for n in shape)
+    if not sizes or itemsize * math.prod(shape) > MAX_ARRAY_BYTES:
+        raise ValueError(f"parameter {name!r}: dtype {dtype[:20]} and shape {str(shape)[:80]} are not a storable array")
 
 
 def _read_array(root: Path, instance: int, name: str, entry: dict[str, Any]) -> np.ndarray:
@@ -258,7 +263,8 @@ def _read_array(root: Path, instance: int, name: str, entry: dict[str, Any]) -> 
             raise CorruptDatasetError(f"{path} is not a .npy file: {str(exc)[:200]}") from None
         if header != (shape, False, dtype):
             order = " (Fortran order)" if header[1] else ""
-            raise CorruptDatasetError(f"{path} holds {header[2]} {header[0]}{order}, where {MANIFEST} says {dtype} {shape}")
+            raise CorruptDatasetError(f"{path} holds {header[2]} {header[0]}{order}, "
+                                      f"where {MANIFEST} says {dtype} {shape}")
         left = os.fstat(file.fileno()).st_size - file.tell()
         array = np.empty(shape, dtype)
         if left != array.nbytes:
