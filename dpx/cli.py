@@ -255,6 +255,10 @@ def _info(args: argparse.Namespace) -> int:
             print(line)
     if not description["dataset"]:
         print("  dataset: empty")
+    for instance, stored in description["parameters"].items():
+        print(f"  parameters of environment {instance}:")
+        for name, value in stored.items():
+            print(f"    {name:16s} {value}")
     networks = description["networks"]
     print(f"  networks: {', '.join(networks) if networks else 'none saved'}")
     return 0

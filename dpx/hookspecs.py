@@ -290,8 +290,14 @@ def dpx_runners():
     optional_fields=frozenset())``: ``start() -> {field: Field}``,
     ``produce(sample_ids, stream=0, pinned=False) -> {field: array}``,
     ``apply(predictions)``, ``connect(predictor)``, ``stats``, ``fields``,
-    ``close()`` and use as a context manager. Check one with
-    :class:`dpx.testing.RunnerChecks`.
+    ``close()`` and use as a context manager. For ``load_samples``,
+    ``feed(stored, sample_ids, stream=0, pinned=False)`` is ``produce`` with
+    each environment stepping on its rows of ``stored``; for saved parameters,
+    a ``stored_parameters`` attribute (set before ``start``) is handed to the
+    environments, and ``saved_parameters`` (``{instance: {name: value}}``)
+    holds what they saved once started (see :mod:`dpx.core.parameters`).
+    Check one with :class:`dpx.testing.RunnerChecks` (``.feeds()``,
+    ``.parameters()`` among its checks).
 
     Example::
 

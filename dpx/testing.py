@@ -94,6 +94,7 @@ def prepare_environment(environment: Any, seed: int = 0) -> Any:
     environment.create()
     environment.init()
     environment.init_database()
+    environment._parameters_taken = True  # as a pipeline: save_parameters() from now on is refused
     return environment
 
 
@@ -329,6 +330,61 @@ class RunnerChecks:
                 assert "needs a network" in str(exc), exc
             else:
                 raise AssertionError(f"{self.runner}: get_prediction without a network did not fail")
+
+    def _started(self, workers: int, runner: str | None = None, **env_kwargs: Any) -> Any:
+        """A runner (this one, or ``runner``) of :class:`~dpx.testing_envs.Replaying` environments, not started."""
+        from dpx.core.config import EnvironmentConfig
+        from dpx.core.producer import resolve_seed
+        from dpx.plugins import load
+        from dpx.testing_envs import Replaying
+
+        name = runner or self.runner
+        options = {**self.runner_kwargs, "max_restarts": 0} if runner is None else {}
+        config = EnvironmentConfig(Replaying, runner=name, workers=workers, seed=0, env_kwargs=env_kwargs,
+                                   runner_kwargs=options)
+        return load("runners", name)(config, resolve_seed(0)[1])
+
+    def feeds(self) -> None:
+        """``feed`` (``load_samples``) steps each environment on its rows of the stored samples, as in-process:
+        the fields it sets replace the stored ones, the others are kept."""
+        stored = {"input": np.arange(36, dtype=np.float32).reshape(12, 3), "ground_truth": np.zeros((12, 3), np.float32)}
+        ids = np.arange(100, 112)
+        batches = []
+        for runner, workers in (("inprocess", 1), (None, self.workers)):
+            with self._started(workers, runner, save=False) as started:
+                batches.append({name: array.copy() for name, array in started.feed(stored, ids).items()})
+                produced = started.produce(np.arange(4))  # feeding leaves producing as it was
+                assert not produced["fed"].any(), f"{runner or self.runner}: a produced sample was marked fed"
+        local, remote = batches
+        assert sorted(remote) == sorted(local), (sorted(remote), sorted(local))
+        for name, array in local.items():
+            assert np.array_equal(remote[name], array), f"{self.runner}: fed field {name!r} differs from in-process"
+        assert np.array_equal(remote["input"], stored["input"]), f"{self.runner}: the stored input was not kept"
+        assert np.array_equal(remote["ground_truth"], 3 * stored["input"]), f"{self.runner}: the step's field was lost"
+        assert remote["fed"].all(), f"{self.runner}: an environment did not see sample_training"
+
+    def parameters(self) -> None:
+        """Each environment loads its own stored parameters, pinned rows come from their environment, and
+        what the environments save comes back by instance."""
+        workers = self.workers
+        scales = {instance: np.full(3, 5.0 + instance, np.float32) for instance in range(workers)}
+        started = self._started(workers, scale=1.5)
+        started.stored_parameters = {instance: {"scale": scale} for instance, scale in scales.items()}
+        try:
+            started.start()
+            saved = started.saved_parameters
+            assert sorted(saved) == list(range(workers)), f"{self.runner}: saved parameters of {sorted(saved)}"
+            for instance in range(workers):
+                assert saved[instance]["name"] == f"replaying {instance}", saved[instance]
+                assert np.array_equal(saved[instance]["scale"], np.full(3, 1.5, np.float32)), saved[instance]
+            produced = started.produce(np.arange(workers), pinned=True)
+            fed = started.feed({"input": np.ones((workers, 3), np.float32)}, np.arange(workers), pinned=True)
+            expected = [5.0 + instance for instance in range(workers)]
+            for what, values in (("produced", produced), ("fed", fed)):
+                assert values["loaded"][:, 0].tolist() == expected, (
+                    f"{self.runner}: {what} rows loaded scales {values['loaded'][:, 0].tolist()}, expected {expected}")
+        finally:
+            started.close()
 
     def visuals(self) -> None:
         """Each environment's scene and every step's update reach the viewer, tagged with its instance."""

@@ -118,6 +118,42 @@ class Asking(dpx.Environment):
         np.testing.assert_allclose(prediction["prediction"], self.answer, rtol=1e-5)
 
 
+class Replaying(dpx.Environment):
+    """Produces ``input`` and ``ground_truth = 2 * input``, or, fed a stored sample (``load_samples``),
+    steps on its input: ``ground_truth = 3 * input`` and ``fed`` = 1. ``loaded`` shows the
+    ``scale`` parameter it loaded (-1: none); it saves ``scale`` and ``name`` itself when ``save``.
+    With ``log``, each fed step appends the stored input's first value to that file."""
+
+    def __init__(self, save: bool = True, scale: float = 2.0, log: str = ""):
+        self.save, self.scale, self.log = save, scale, log
+
+    def init(self):
+        if self.save:
+            self.save_parameters(scale=np.full(3, self.scale, np.float32), name=f"replaying {self.instance_id}")
+
+    def init_database(self):
+        self.define_training_fields(("input", np.float32, (3,)), ("ground_truth", np.float32, (3,)))
+        self.define_additional_fields(("fed", np.float32, (1,)), ("loaded", np.float32, (1,)))
+
+    def step(self):
+        loaded = self.load_parameters().get("scale")
+        self.set_additional_data(loaded=np.array([loaded[0] if loaded is not None else -1.0], np.float32))
+        if self.sample_training is None:
+            x = self.rng.normal(size=3).astype(np.float32)
+            self.set_training_data(input=x, ground_truth=2 * x)
+            self.set_additional_data(fed=np.zeros(1, np.float32))
+            return
+        x = self.sample_training["input"]
+        if self.log:
+            with open(self.log, "a") as file:
+                file.write(f"{float(x[0])!r}\n")
+        self.set_training_data(ground_truth=3 * x)
+        self.set_additional_data(fed=np.ones(1, np.float32))
+
+    def apply_prediction(self, prediction):
+        self.applied = prediction["prediction"]
+
+
 class Moving(dpx.Environment):
     """Moves a point cloud in the viewer at every step."""
 

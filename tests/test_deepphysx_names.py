@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 import dpx
 from dpx.core.config import ConfigError, EnvironmentConfig, NetworkConfig, from_mapping
-from dpx.core.renames import RENAMED, REPLACED
+from dpx.core.renames import DEEPPHYSX_NAMES, RENAMED, REPLACED
 from dpx.testing import prepare_environment
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -62,3 +63,23 @@ def test_readme_mapping_table_lists_every_rename():
         for config, names in table.items():
             for name in names:
                 assert f"`{name}" in section, f"the README's DeepPhysX table does not mention {config}'s {name}"
+
+
+def test_readme_mapping_table_answers_every_public_deepphysx_name():
+    """Each DeepPhysX 22.12 name sits in a row of the table, with its dpx way or why it is not needed."""
+    text = README.read_text()
+    section = text[text.index("## Coming from DeepPhysX"):]
+    section = section[:section.index("\n## ", 3)]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    for group, names in DEEPPHYSX_NAMES.items():
+        for name in names:
+            row = next((r for r in rows if re.search(rf"(`|\(|, ){name}\b", r.split(" | ")[0])), None)
+            assert row is not None, f"the README's DeepPhysX table has no row for {group}: {name}"
+            answer = row.split(" | ", 1)[1].strip(" |")
+            assert len(answer) >= 5, f"the README's DeepPhysX row of {name} gives no dpx equivalent: {row}"
+
+
+def test_load_samples_and_parameters_are_no_longer_refused():
+    config = EnvironmentConfig("toy.spring", load_samples=True, only_first_epoch=False)
+    assert config.load_samples and not config.only_first_epoch
+    assert all("load_samples" not in names for names in REPLACED.values())

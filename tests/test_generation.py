@@ -232,6 +232,7 @@ def test_existing_dir_is_extended_or_copied(tmp_path):
     assert dpx.open_database(first).count() == 8, "a new session must not modify the dataset it copied"
 
 
-def test_load_samples_is_refused_not_ignored():
-    with pytest.raises(ConfigError, match=r"load_samples=True: feeding stored samples .* not supported yet"):
-        dpx.EnvironmentConfig(Noise, load_samples=True)
+def test_load_samples_is_refused_by_data_generation_not_ignored(tmp_path):
+    config = dpx.EnvironmentConfig(Noise, load_samples=True)  # Training and Prediction feed stored samples
+    with pytest.raises(ConfigError, match=r"load_samples=True feeds stored samples .* DataGeneration produces new ones"):
+        dpx.DataGeneration(config, session_dir=str(tmp_path), batch_nb=1, batch_size=4).prepare()

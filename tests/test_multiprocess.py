@@ -69,6 +69,11 @@ def test_get_prediction_from_workers(checks):
     checks.predictions()
 
 
+def test_stored_samples_and_parameters_reach_the_workers_as_in_process(checks):
+    checks.feeds()
+    checks.parameters()
+
+
 def test_visual_objects_travel_from_workers_to_the_viewer(checks):
     checks.visuals()
 

@@ -42,10 +42,22 @@ class ForgetfulViewerRunner(InProcessRunner):
         return fields
 
 
+class ProducingRunner(InProcessRunner):
+    """Produces new samples when asked to feed stored ones, and hands the environments no stored parameters."""
+
+    def feed(self, stored, sample_ids, stream=0, pinned=False):
+        return self.produce(sample_ids, stream, pinned)
+
+    def start(self):
+        self.stored_parameters = {}
+        return super().start()
+
+
 @pytest.fixture
 def register_runner(dpx_plugin, monkeypatch):
     module = types.ModuleType("dpx_kit_runners")
     module.OffByOneRunner, module.ForgetfulViewerRunner = OffByOneRunner, ForgetfulViewerRunner
+    module.ProducingRunner = ProducingRunner
     monkeypatch.setitem(sys.modules, module.__name__, module)
 
     def register(name: str, class_name: str) -> None:
@@ -66,6 +78,15 @@ def test_visuals_catch_a_runner_that_drops_the_viewer(tmp_path, register_runner)
     register_runner("forgetful", "ForgetfulViewerRunner")
     with pytest.raises(AssertionError, match=r"forgetful: updates reached the viewer from environments set\(\)"):
         RunnerChecks("forgetful", tmp_path, workers=1).visuals()
+
+
+def test_feeds_and_parameters_catch_a_runner_that_ignores_stored_samples_and_parameters(tmp_path, register_runner):
+    register_runner("producing", "ProducingRunner")
+    checks = RunnerChecks("producing", tmp_path, workers=1)
+    with pytest.raises(AssertionError, match=r"producing: fed field 'input' differs from in-process"):
+        checks.feeds()
+    with pytest.raises(AssertionError, match=r"producing: produced rows loaded scales \[-1.0\], expected \[5.0\]"):
+        checks.parameters()
 
 
 def test_the_in_process_runner_passes_its_own_checks(tmp_path):

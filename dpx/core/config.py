@@ -102,9 +102,9 @@ class EnvironmentConfig:
     ``seed`` is the root of the per-sample seeds (random when ``None``, and
     recorded in the session either way). ``non_finite`` says what to do with a
     sample holding NaN or inf: ``"error"`` stops the run, ``"drop"`` steps again
-    and counts the dropped sample. ``load_samples`` (DeepPhysX's feeding of
-    stored samples to the environments, with ``only_first_epoch``) is refused
-    for now rather than ignored.
+    and counts the dropped sample. ``load_samples`` feeds stored samples to the
+    environments (``only_first_epoch``: in the first epoch only) in Training
+    and Prediction, as DeepPhysX does: see :mod:`dpx.core.feeding`.
 
     Before a run creates its session, dpx builds one environment in its own
     process to check ``env_kwargs`` (the constructor and ``init_database``
@@ -134,11 +134,6 @@ class EnvironmentConfig:
         _require(self, self.simulations_per_step >= 1, "simulations_per_step", "must be at least 1")
         _require(self, self.max_wrong_samples_per_step >= 0, "max_wrong_samples_per_step", "must be 0 or more")
         _require(self, self.seed is None or self.seed >= 0, "seed", "must be a non-negative integer")
-        _require(
-            self, not self.load_samples, "load_samples",
-            "feeding stored samples to the environments is not supported yet; "
-            "train on a stored dataset with DatabaseConfig(existing_dir=...) instead",
-        )
         if isinstance(self.environment_class, type):
             from dpx.core.environment import Environment
 

@@ -56,15 +56,15 @@ def check_field_name(name: object, what: str = "field") -> str:
     return name
 
 
-def check_field_dtype(name: str, dtype: object) -> np.dtype:
+def check_field_dtype(name: str, dtype: object, what: str = "field") -> np.dtype:
     """``dtype`` as a NumPy dtype if it is plain numeric or bool, else FieldError."""
     try:
         parsed = np.dtype(dtype)
     except (TypeError, ValueError, SyntaxError) as exc:
-        raise FieldError(f"field {name!r}: {dtype!r} is not a NumPy dtype") from exc
+        raise FieldError(f"{what} {name!r}: {dtype!r} is not a NumPy dtype") from exc
     if parsed.kind not in STORABLE_KINDS or parsed.fields is not None or parsed.subdtype is not None:
         raise FieldError(
-            f"field {name!r}: {parsed} arrays cannot be stored; use a numeric or bool dtype"
+            f"{what} {name!r}: {parsed} arrays cannot be stored; use a numeric or bool dtype"
         )
     return parsed
 
@@ -126,11 +126,21 @@ class Environment:
         A ``numpy.random.Generator``; dpx re-seeds it before each sample from
         the run's root seed and the sample's id. Draw every random number of a
         sample from it and the dataset is reproducible.
+
+    Set by dpx before each :meth:`step` when the pipeline feeds stored samples
+    (``EnvironmentConfig(load_samples=True)``), ``None`` otherwise:
+
+    ``sample_training``, ``sample_additional``
+        The stored sample's training and additional fields, by name (read-only
+        arrays). Fields the step sets replace the stored values in the batch;
+        the others keep them.
     """
 
     instance_id: int = 0
     instance_nb: int = 1
     rng: np.random.Generator
+    sample_training: dict[str, np.ndarray] | None = None
+    sample_additional: dict[str, np.ndarray] | None = None
 
     # -- lifecycle, overridden by simulators --------------------------------------
 
@@ -209,19 +219,52 @@ class Environment:
             self._sample: dict[str, np.ndarray] = {}
             return self._sample
 
+    # -- named parameters stored with the dataset --------------------------------------
+
+    def save_parameters(self, **parameters: Any) -> None:
+        """Store named constants with the dataset (a mesh's rest positions, a scene's constants).
+
+        Values are numeric or bool arrays, or JSON values; names are
+        identifiers. Call it from :meth:`create`, :meth:`init` or
+        :meth:`init_database`: dpx takes them once the environment has started
+        and stores them in the dataset the pipeline writes, for this
+        ``instance_id``. Not to be confused with a sampler's parameter space,
+        which draws values per sample.
+        """
+        from dpx.core.parameters import check_parameters
+
+        if getattr(self, "_parameters_taken", False):
+            raise RuntimeError(
+                f"{type(self).__name__}.save_parameters() was called after the environment started; "
+                "call it from create(), init() or init_database()"
+            )
+        self._saved_parameters = {**getattr(self, "_saved_parameters", {}),
+                                  **check_parameters(parameters, type(self).__name__)}
+
+    def load_parameters(self) -> dict[str, Any]:
+        """The named parameters stored with the dataset the pipeline reads (see :meth:`save_parameters`).
+
+        Those this ``instance_id`` saved, else those of instance 0 (a run with
+        more environments than the one that saved them); ``{}`` when none were
+        stored. Available from :meth:`create` on.
+        """
+        return dict(getattr(self, "_stored_parameters", {}))
+
     # -- requests --------------------------------------------------------------------
 
     def get_prediction(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Ask the network for a prediction on ``inputs`` (e.g. ``input=array``).
 
-        Only available when the pipeline holds a network (training or
-        prediction); the request travels to the process holding it and back.
+        Available in the Prediction pipeline, where the request travels to the
+        process holding the network and back, and outside pipelines through
+        :meth:`connect_predictor`. Training offers none yet: its network
+        changes in another thread while the environments produce.
         """
         predictor = getattr(self, "_predictor", None)
         if predictor is None:
             raise RuntimeError(
                 f"{type(self).__name__}.get_prediction() needs a network: "
-                "it is available in the Training and Prediction pipelines, not in DataGeneration; "
+                "it is available in the Prediction pipeline (not in DataGeneration, nor yet in Training); "
                 "outside a pipeline, connect one with connect_predictor(dpx.load_predictor(session))"
             )
         return predictor(inputs)

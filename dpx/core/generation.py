@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpx.core import parameters
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, as_record
 from dpx.core.database import Database
 from dpx.core.preflight import (
@@ -106,6 +107,9 @@ class DataGeneration:
         config, database_config = self.environment_config, self.database_config
         check_session_location("DataGeneration", self.session_dir, self.session_name)
         check_environment(config, setup)
+        if config.load_samples:
+            raise ConfigError("EnvironmentConfig: load_samples=True feeds stored samples to the environments in "
+                              "Training and Prediction; DataGeneration produces new ones: drop load_samples")
         check_storage(database_config)
         source = existing_dataset(database_config.existing_dir) if database_config.existing_dir is not None else None
         reopened = Session.reopened(database_config.existing_dir, self.session_dir, self.session_name, self.new_session)
@@ -147,7 +151,9 @@ class DataGeneration:
         outcome = "completed"
         full = False
         try:
+            parameters.give(runner, session.dataset_dir)
             runner.start()
+            parameters.keep(runner, session.dataset_dir)
             start = database.count(mode) if mode in database.modes else 0
             if start > 0:
                 log.info("dpx: resuming %s at sample %d of %d", session.path, start, total)

@@ -92,6 +92,7 @@ def prepare_job(pipeline: Any, path: str | os.PathLike) -> SetUp:
 def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     """What ``python -m dpx info`` shows, as JSON-friendly data."""
     from dpx.core.database import dataset_path, open_database
+    from dpx.core.parameters import describe as describe_parameters
     from dpx.core.session import Session
 
     path = Path(path)
@@ -118,7 +119,8 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
                 dataset[mode] = {"count": database.count(mode), "fields": fields}
     network_dir = session.path / "network"
     networks = sorted(p.name for p in network_dir.iterdir()) if network_dir.is_dir() else []
-    return {"path": str(session.path), "runs": runs, "dataset": dataset, "networks": networks}
+    parameters = describe_parameters(dataset_dir) if dataset_dir.is_dir() else {}
+    return {"path": str(session.path), "runs": runs, "dataset": dataset, "parameters": parameters, "networks": networks}
 
 
 def _describe_run(run: dict[str, Any]) -> str:

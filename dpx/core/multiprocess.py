@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from dpx.core import transport
+from dpx.core import parameters, transport
 from dpx.core.config import ConfigError
 from dpx.core.environment import Field
 from dpx.core.runners import RemoteRunner, WorkerError, make_visualizer, parse_options, raise_contract_error
@@ -148,6 +148,7 @@ class MultiprocessRunner(RemoteRunner):
         given = self.options.authkey is not None
         self.authkey = transport.parse_authkey(self.options.authkey, "authkey") if given else transport.new_authkey()
         self._prepare(self.options.max_restarts)
+        self.saved_parameters = {}
         self.predictor = None
         self.visualizer = make_visualizer(self.config)
         try:
@@ -244,6 +245,7 @@ class MultiprocessRunner(RemoteRunner):
                     "optional_fields": sorted(self.optional_fields),
                     "visual": self.visualizer is not None,
                     "record_wrong_samples": self.on_wrong_sample is not None,
+                    "parameters": parameters.pack(parameters.for_instance(self.stored_parameters, worker.instance_id)),
                 }, worker.deadline)
             except OSError:
                 pass  # it went away: the next receive says how
@@ -258,6 +260,10 @@ class MultiprocessRunner(RemoteRunner):
             raise _Failure(worker, "sent a malformed 'ready' message")
         declared = [_declared_field(worker, name, spec) for name, spec in fields.items()]
         scene = _by_instance(worker, scene) if scene is not None else None
+        try:
+            self.saved_parameters[worker.instance_id] = parameters.unpack(ready.get("parameters"), worker.describe())
+        except ValueError as exc:
+            raise _Failure(worker, f"sent {exc}") from None
         for declared_field in declared:
             self._fields.setdefault(declared_field.name, declared_field)
         if self.visualizer is not None:
@@ -360,7 +366,7 @@ class MultiprocessRunner(RemoteRunner):
     # -- producing -------------------------------------------------------------------
 
     def _run_chunks(self, pending: deque, sample_ids: np.ndarray, stream: int, batch: dict, count: int,
-                    pinned: bool) -> None:
+                    pinned: bool, stored: dict[str, np.ndarray] | None = None) -> None:
         idle = deque(self.workers)
         busy: dict[transport.Channel, _Worker] = {}
         while pending or busy:
@@ -376,8 +382,10 @@ class MultiprocessRunner(RemoteRunner):
                 try:
                     # ids travel as one raw int64 buffer: a JSON list costs ~1 µs an id to build
                     ids = np.ascontiguousarray(sample_ids[chunk[0]:chunk[1]], dtype=np.int64)
-                    worker.channel.send({"type": "produce", "ids": ids, "stream": stream},
-                                        worker.since + self.options.timeout)
+                    request = {"type": "produce", "ids": ids, "stream": stream}
+                    if stored is not None:  # load_samples: the chunk's stored rows travel with it
+                        request.update(type="feed", stored={n: a[chunk[0]:chunk[1]] for n, a in stored.items()})
+                    worker.channel.send(request, worker.since + self.options.timeout)
                 except OSError as exc:
                     self._recover(_Failure(worker, self._exit_status(worker, exc)), pending, idle)
                     continue
@@ -471,7 +479,7 @@ class MultiprocessRunner(RemoteRunner):
         try:
             if self.predictor is None:
                 worker.channel.send({"type": "no_prediction", "error": (
-                    "get_prediction() needs a network: it is available in the Training and Prediction pipelines")},
+                    "get_prediction() needs a network: it is available in the Prediction pipeline")},
                     deadline)
                 return
             worker.channel.send({"type": "prediction", "prediction": self.predictor(inputs)}, deadline)

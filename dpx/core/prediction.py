@@ -19,6 +19,11 @@ samples after them (a retrained network, another seed or environment) is
 refused before it starts: record it in another session. Without a seed, a
 run reuses the seed of the recording it continues.
 
+With ``EnvironmentConfig(load_samples=True)`` the environments do not draw
+their own samples: each step replays the next stored samples of
+``DatabaseConfig(existing_dir=..., mode=...)`` through them (see
+:mod:`dpx.core.feeding`), so the error is measured on a fixed set.
+
 The network comes from ``network_dir`` when given, else from the session
 itself; ``network_kwargs`` default to the ones saved with it. The
 environment's fields are checked against the shapes the network was trained
@@ -40,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from dpx.core import feeding, parameters
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, NetworkConfig, as_record
 from dpx.core.database import Database, dataset_path
 from dpx.core.network import FieldSpecs, NoNetworkError, find_trained_network
@@ -47,7 +53,7 @@ from dpx.core.predictor import Predictor, check_network_shapes, load_network
 from dpx.core.preflight import SetUp, check_environment, check_partitions, check_session_location, check_storage
 from dpx.core.producer import resolve_seed
 from dpx.core.progress import Progress
-from dpx.core.session import Session, outcome_of
+from dpx.core.session import Session, existing_dataset, outcome_of
 
 
 class ErrorStats:
@@ -229,7 +235,33 @@ class Prediction:
         if self.record:
             check_storage(self.database_config)
             check_partitions(self.database_config, setup.fields)
+        if self.environment_config.load_samples:
+            self._check_replay(setup)
         return setup
+
+    def _check_replay(self, setup: SetUp) -> None:
+        """The stored samples ``load_samples`` replays: ``DatabaseConfig(existing_dir=..., mode=...)``."""
+        existing = self.database_config.existing_dir
+        if existing is None:
+            raise ConfigError("DatabaseConfig: existing_dir is not set, and load_samples=True replays stored samples "
+                              "through the environments: set existing_dir to a session or dataset (and mode to the "
+                              "mode to replay, training by default)")
+        dataset = existing_dataset(existing)
+        mode = self.replayed_mode
+        with Database(dataset, DatabaseConfig(storage=self.database_config.storage), readonly=True) as stored:
+            count = stored.count(mode) if mode in stored.modes else 0
+            feeding.check_fields(self.environment_config, setup.fields, stored.fields(mode) if count else {}, dataset,
+                                 mode)
+        instances = self.environment_config.workers
+        feeding.check_replay(self.step_nb, instances, count, dataset, mode)
+        setup.dataset = dataset
+        setup.checked.append(f"replaying the {count} {mode!r} samples of {dataset}")
+        setup.read("the replayed dataset", dataset)
+
+    @property
+    def replayed_mode(self) -> str:
+        """The mode ``load_samples`` replays: the database config's, training by default."""
+        return self.database_config.mode or "training"
 
     def execute(self, setup: SetUp | None = None) -> PredictionSummary:
         """Run the network in the environments; ``setup`` is what :meth:`prepare` returned (prepared here when None)."""
@@ -238,6 +270,7 @@ class Prediction:
         session = Session.start(self.session_dir, self.session_name, self.new_session)
         self.session_path = session.path
         run = _Steps(self, session, backend, specs, setup.checkpoint)
+        run.replayed = setup.dataset if self.environment_config.load_samples else None
         try:
             return run.predict(setup.runner_class)
         finally:
@@ -255,14 +288,21 @@ class _Steps:
         self.progress: Progress | None = None
         self.recording: dict[str, Any] | None = None
         self.recorded_before = 0
+        #: The dataset whose samples ``load_samples`` replays (None: the environments produce their own).
+        self.replayed: Path | None = None
+        self.source: Database | None = None
 
     def predict(self, runner_class: type) -> PredictionSummary:
         seed = self._open_recording()
         _, key = resolve_seed(seed)
         environment = self.p.environment_config
         self.runner = runner_class(environment, key, optional_fields=frozenset(self.targets))
+        existing = self.p.database_config.existing_dir
+        source = self.replayed or (existing_dataset(existing) if existing else self.session.dataset_dir)
+        parameters.give(self.runner, source)
         backend, target = self.backend, self.targets[0]
         self._check_shapes({name: f.shape for name, f in (self.runner.start() or {}).items()})
+        parameters.keep(self.runner, self.session.dataset_dir if self.database is not None else None)
         self.runner.connect(Predictor(backend, self.specs, self.checkpoint, self.p.network_config))
         instances = self.runner.instance_nb  # each step, every environment makes one sample
         stream = MODE_STREAMS["prediction"]
@@ -270,6 +310,8 @@ class _Steps:
         step_nb = self.p.step_nb
         outcome, run_recorded = "completed", False
         produce, apply, add_error, inputs = self.runner.produce, self.runner.apply, error.add, self.inputs
+        if self.replayed is not None:
+            produce, step_nb = self._replay(instances)
         clock = time.perf_counter
         try:
             for step in itertools.count() if step_nb == -1 else range(step_nb):
@@ -312,6 +354,22 @@ class _Steps:
                 self.session.finish_run(outcome, steps=steps, samples=recorded)
         return PredictionSummary(self.session.path, steps, error, network_time, environment_time, recorded)
 
+    def _replay(self, instances: int) -> tuple[Any, int]:
+        """What replaces ``runner.produce`` with ``load_samples``: stored samples fed to the environments in
+        order, and the number of steps that replays (``step_nb=-1``: every stored sample once)."""
+        mode = self.p.replayed_mode
+        source = self.source = Database(self.replayed, DatabaseConfig(storage=self.p.database_config.storage),
+                                        readonly=True)
+        count = source.count(mode) if mode in source.modes else 0
+        step_nb = feeding.check_replay(self.p.step_nb, instances, count, self.replayed, mode)
+        batches = feeding.fed_batches(self.runner, source, mode, instances, self.inputs + self.targets,
+                                      np.arange(count), pinned=True)
+
+        def replayed(ids: np.ndarray, stream: int, pinned: bool) -> dict[str, np.ndarray]:
+            return next(batches)
+
+        return replayed, step_nb
+
     def _open_recording(self) -> int:
         """Open the recording (when asked) and return the run's root seed.
 
@@ -334,6 +392,8 @@ class _Steps:
             "seed": resolve_seed(seed)[0],
             "environment": _as_json({name: as_record(environment)[name] for name in RECORDING_SETTINGS}),
         }
+        if self.replayed is not None:  # the steps replay stored samples: which ones is part of the recording
+            self.recording["replayed"] = {"dataset": str(self.replayed.resolve()), "mode": self.p.replayed_mode}
         if self.recorded_before and previous != self.recording:
             what = "its settings are unknown" if previous is None else "they were made " + ", ".join(
                 _difference(name, previous.get(name), value) for name, value in self.recording.items()
@@ -369,6 +429,8 @@ class _Steps:
         finally:
             if self.database is not None:
                 self.database.close()
+            if self.source is not None:
+                self.source.close()
 
 
 def _difference(name: str, before: Any, now: Any) -> str:

@@ -238,6 +238,7 @@ class SampleProducer:
         self._call(env.init_database)
         if visual:
             self._call(env.init_visualization)
+        env._parameters_taken = True  # what save_parameters() stored so far is what the dataset keeps
         self.fields = env.fields
         self._step = env.step
         if inspect.iscoroutinefunction(env.step):
@@ -294,6 +295,49 @@ class SampleProducer:
                     raise self._step_error(ids[row], exc) from exc
                 copy(sample, slots, row, ids[row])
         self._check_finite(batch.arrays, sample_ids, count)
+        self.stats.produced += count
+        return batch.view(count)
+
+    def feed(self, stored: dict[str, np.ndarray], sample_ids: np.ndarray, stream: int = 0) -> dict[str, np.ndarray]:
+        """Hand stored samples (``EnvironmentConfig(load_samples=True)``) to the environment, one step each.
+
+        Row ``i`` of ``stored`` is the environment's ``sample_training`` and
+        ``sample_additional`` while it steps as sample ``sample_ids[i]``; the
+        returned batch holds the fields it set and the stored values of the
+        others. Same buffers, checks and seeding as :meth:`produce`.
+        """
+        env, fields = self.env, self.fields
+        for name, f in fields.items():
+            if name in stored and (f.shape is None or f.dtype is None):
+                f.learn(stored[name][0])
+        unknown = [name for name, f in fields.items() if f.shape is None or f.dtype is None]
+        if unknown:
+            raise FieldError(f"{env!r}: declare the dtype and shape of field(s) {unknown}: fed stored samples "
+                             "do not hold them, so no first sample can tell")
+        self.stream = stream
+        count = len(sample_ids)
+        if not self._batches or self._batches[0].size < count:
+            self._allocate(int(sample_ids[0]), count)
+        turn = self._turn
+        batch = self._batches[turn]
+        self._turn = (turn + 1) % BUFFERS
+        slots = self._batch_slots[turn]
+        training = [name for name, f in fields.items() if f.training and name in stored]
+        additional = [name for name, f in fields.items() if not f.training and name in stored]
+        ids = sample_ids.tolist()
+        try:
+            for row in range(count):
+                kept = {name: values[row] for name, values in stored.items() if name in fields}
+                env.sample_training = {name: kept[name] for name in training}
+                env.sample_additional = {name: kept[name] for name in additional} or None
+                kept.update(self._step_until_accepted(ids[row]))
+                self._copy(kept, slots, row, ids[row])
+        finally:
+            env.sample_training = env.sample_additional = None
+        for name in self._finite_checked:  # no stepping again here: that needs the stored row
+            if not _all_finite(batch.arrays[name][:count]):
+                raise SampleError(f"{env!r}: field {name!r} holds NaN or inf after stepping on stored samples "
+                                  f"{ids[:5]}...; fix the simulation")
         self.stats.produced += count
         return batch.view(count)
 

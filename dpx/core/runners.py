@@ -13,14 +13,16 @@ import math
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
 
 from dpx.core.config import ConfigError, EnvironmentConfig
 from dpx.core.environment import Environment, Field, FieldError
+from dpx.core.parameters import for_instance
 from dpx.core.producer import BUFFERS, SampleError, SampleProducer
 from dpx.plugins import PluginError
 
@@ -45,9 +47,13 @@ def make_producer(
     instance_nb: int = 1,
     on_wrong_sample: WrongSampleSink | None = None,
     optional_fields: frozenset[str] = frozenset(),
+    parameters: Mapping[str, Any] | None = None,
 ) -> SampleProducer:
+    """The producer of environment ``instance_id``; ``parameters`` answer its ``load_parameters()``."""
+    environment = make_environment(config, instance_id, instance_nb)
+    environment._stored_parameters = dict(parameters or {})
     return SampleProducer(
-        make_environment(config, instance_id, instance_nb),
+        environment,
         key,
         simulations_per_step=config.simulations_per_step,
         max_wrong_samples_per_step=config.max_wrong_samples_per_step,
@@ -147,6 +153,13 @@ class Runner:
         self.config, self.key, self.on_wrong_sample = config, key, on_wrong_sample
         self.optional_fields = optional_fields
 
+    #: Named parameters stored with the dataset, by instance id (see :mod:`dpx.core.parameters`): set by
+    #: the pipeline before :meth:`start`, handed to each environment's ``load_parameters()``
+    #: (:func:`dpx.core.parameters.for_instance`).
+    stored_parameters: Mapping[int, Mapping[str, Any]] = MappingProxyType({})
+    #: What the environments passed to ``save_parameters()``, by instance id, once :meth:`start` returned.
+    saved_parameters: Mapping[int, Mapping[str, Any]] = MappingProxyType({})
+
     @classmethod
     def check_options(cls, config: EnvironmentConfig) -> None:
         """Refuse invalid ``runner_kwargs`` (``ConfigError``) before a pipeline writes anything."""
@@ -167,6 +180,12 @@ class Runner:
         environment once and hands each its own prediction back).
         """
         raise NotImplementedError
+
+    def feed(self, stored: dict[str, np.ndarray], sample_ids: np.ndarray, stream: int = 0,
+             pinned: bool = False) -> dict[str, np.ndarray]:
+        """Like :meth:`produce`, each environment stepping on the rows of ``stored`` it is given
+        (``load_samples``; see :meth:`dpx.core.producer.SampleProducer.feed`)."""
+        raise NotImplementedError(f"the {type(self).__name__} runner cannot feed stored samples to its environments")
 
     @property
     def stats(self) -> dict[str, int]:
@@ -265,6 +284,17 @@ class RemoteRunner(Runner):
         span = self._read_ahead_span(count) if consecutive and not pinned and self._may_read_ahead() else count
         if span > count:
             ids = np.arange(int(ids[0]), int(ids[0]) + span)
+        return self._make(ids, count, span, stream, pinned, None)
+
+    def feed(self, stored: dict[str, np.ndarray], sample_ids: np.ndarray, stream: int = 0,
+             pinned: bool = False) -> dict[str, np.ndarray]:
+        """Each chunk travels with its rows of ``stored`` (raw buffers); nothing is read ahead."""
+        ids = np.asarray(sample_ids)
+        self._ahead = None
+        return self._make(ids, len(ids), len(ids), stream, pinned, stored)
+
+    def _make(self, ids: np.ndarray, count: int, span: int, stream: int, pinned: bool,
+              stored: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
         turn = self._turn
         batch = self._batches[turn]
         if batch and len(next(iter(batch.values()))) < span:
@@ -272,7 +302,10 @@ class RemoteRunner(Runner):
         self._turn = (turn + 1) % BUFFERS
         chunks = deque(cut_batch(span, self.instance_nb, getattr(self.options, "chunk_size", None), pinned))
         started = time.perf_counter()
-        self._run_chunks(chunks, ids, stream, batch, span, pinned)
+        if stored is None:
+            self._run_chunks(chunks, ids, stream, batch, span, pinned)
+        else:
+            self._run_chunks(chunks, ids, stream, batch, span, pinned, stored=stored)
         self._seconds_per_sample = (time.perf_counter() - started) / span
         self._ahead = (turn, int(ids[0]), stream, span) if span > count else None
         return {name: array[:count] for name, array in batch.items()}
@@ -294,8 +327,9 @@ class RemoteRunner(Runner):
         return count * max(1, min(int(batches), most, 8 * previous))
 
     def _run_chunks(self, pending: deque, sample_ids: np.ndarray, stream: int, batch: dict[str, np.ndarray],
-                    count: int, pinned: bool) -> None:
-        """Produce every chunk of ``pending`` into the rows of ``batch``."""
+                    count: int, pinned: bool, stored: dict[str, np.ndarray] | None = None) -> None:
+        """Produce every chunk of ``pending`` into the rows of ``batch``; with ``stored``, feed each
+        chunk its rows of it instead (``stored`` is passed only then, so older subclasses still produce)."""
         raise NotImplementedError
 
     def _count_failure(self, who: str, reason: str) -> None:
@@ -319,10 +353,12 @@ class InProcessRunner(Runner):
                 "(e.g. runner='multiprocess'); the 'inprocess' runner runs one environment"
             )
         self.producer = make_producer(
-            self.config, self.key, on_wrong_sample=self.on_wrong_sample, optional_fields=self.optional_fields
+            self.config, self.key, on_wrong_sample=self.on_wrong_sample, optional_fields=self.optional_fields,
+            parameters=for_instance(self.stored_parameters, 0),
         )
         self.visualizer = make_visualizer(self.config)
         self.producer.start(visual=self.visualizer is not None)
+        self.saved_parameters = {0: getattr(self.producer.env, "_saved_parameters", {})}
         if self.visualizer is not None:
             env = self.producer.env
             self.visualizer.add_scene(env.instance_id, env.factory.scene())
@@ -331,6 +367,10 @@ class InProcessRunner(Runner):
 
     def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
         return self.producer.produce(sample_ids, stream)
+
+    def feed(self, stored: dict[str, np.ndarray], sample_ids: np.ndarray, stream: int = 0,
+             pinned: bool = False) -> dict[str, np.ndarray]:
+        return self.producer.feed(stored, sample_ids, stream)
 
     @property
     def stats(self) -> dict[str, int]:

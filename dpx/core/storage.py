@@ -94,6 +94,57 @@ def check_field_layout(name: object, dtype: object, shape: object) -> tuple[np.d
     return parsed, shape
 
 
+def open_dir(root: Path, parts: tuple[str, ...], create: bool = False) -> int | None:
+    """A descriptor of the folder ``parts`` below the dataset folder ``root``, reached without
+    following any symbolic link; None when it does not exist and ``create`` is False."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for depth, part in enumerate(parts):
+            if create:
+                try:
+                    os.mkdir(part, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise CorruptDatasetError(
+                    f"{root.joinpath(*parts[: depth + 1])} is a symbolic link or not a folder; "
+                    "dpx follows no links inside a dataset"
+                ) from None
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_file(root: Path, parts: tuple[str, ...], flags: int) -> int:
+    """A descriptor of the regular file ``parts`` below the dataset (never through a link)."""
+    folder = open_dir(root, parts[:-1], create=bool(flags & os.O_CREAT))
+    path = root.joinpath(*parts)
+    if folder is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+    try:
+        fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=folder)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise CorruptDatasetError(f"{path} is a symbolic link; dpx opens only regular files inside a dataset") from None
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptDatasetError(f"{path} is not a regular file; dpx opens only regular files inside a dataset")
+    return fd
+
+
 @dataclass(frozen=True)
 class FieldLayout:
     """How one field of one mode is laid out on disk."""
@@ -181,53 +232,10 @@ class MemmapStorage:
     # -- safe file access ------------------------------------------------------------
 
     def _open_dir(self, parts: tuple[str, ...], create: bool = False) -> int | None:
-        """A descriptor of the folder ``parts`` below the dataset, reached without following
-        any symbolic link; None when it does not exist and ``create`` is False."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for depth, part in enumerate(parts):
-                if create:
-                    try:
-                        os.mkdir(part, dir_fd=fd)
-                    except FileExistsError:
-                        pass
-                try:
-                    child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except FileNotFoundError:
-                    os.close(fd)
-                    return None
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    raise CorruptDatasetError(
-                        f"{self.path.joinpath(*parts[: depth + 1])} is a symbolic link or not a folder; "
-                        "dpx follows no links inside a dataset"
-                    ) from None
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return open_dir(self.path, parts, create)
 
     def _open_file(self, parts: tuple[str, ...], flags: int) -> int:
-        """A descriptor of the regular file ``parts`` below the dataset (never through a link)."""
-        folder = self._open_dir(parts[:-1], create=bool(flags & os.O_CREAT))
-        path = self.path.joinpath(*parts)
-        if folder is None:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
-        try:
-            fd = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=folder)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise CorruptDatasetError(f"{path} is a symbolic link; dpx opens only regular files inside a dataset") from None
-        finally:
-            os.close(folder)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise CorruptDatasetError(f"{path} is not a regular file; dpx opens only regular files inside a dataset")
-        return fd
+        return open_file(self.path, parts, flags)
 
     def _exists(self, name: str) -> bool:
         return os.path.lexists(self.path / name)

@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from dpx.core import feeding, parameters
 from dpx.core.config import (
     MODE_STREAMS,
     ConfigError,
@@ -152,7 +153,10 @@ class Training:
                 raise ConfigError(f"Training: {name}={value!r} must be an integer >= {minimum}")
         if batch_nb is not None and (not isinstance(batch_nb, int) or batch_nb < 1):
             raise ConfigError(f"Training: batch_nb={batch_nb!r} must be a positive integer or None")
-        if environment_config is not None and batch_nb is None:
+        existing_dir = (database_config or DatabaseConfig()).existing_dir
+        feeding.check_training(environment_config, existing_dir)
+        if environment_config is not None and batch_nb is None and not feeding.feeds_only(environment_config,
+                                                                                           existing_dir):
             raise ConfigError("Training: batch_nb is required when an environment produces the data")
         self.network_config = network_config
         self.database_config = database_config or DatabaseConfig()
@@ -179,12 +183,18 @@ class Training:
         source = existing_dataset(existing) if existing is not None else None
         # with an environment the run extends the dataset in its session (see Session.for_dataset);
         # without, it reads the dataset and writes to its own session
-        reopened = Session.reopened(existing if self.environment_config is not None else None, self.session_dir,
+        producing = self.environment_config is not None and not self._feeds_only
+        reopened = Session.reopened(existing if producing else None, self.session_dir,
                                     self.session_name, self.new_session)
-        if self.environment_config is not None:
+        if producing:
             source_name = self._check_production(setup, source, reopened)
         else:
+            declared = {}
+            if self.environment_config is not None:  # fed stored samples: the dataset read gives the fields
+                check_environment(self.environment_config, setup)
+                declared = setup.fields
             source_name = self._check_stored_dataset(setup, source or self._own_dataset(reopened))
+            feeding.check_fields(self.environment_config, declared, setup.fields, setup.dataset, "training")
         if setup.fields_complete:
             check_network_fields(setup.fields, network.input_fields, network.target_fields, source_name)
         check_network(network, setup.fields if setup.fields_complete else None)
@@ -237,8 +247,12 @@ class Training:
             )
         return dataset
 
+    @property
+    def _feeds_only(self) -> bool:
+        return feeding.feeds_only(self.environment_config, self.database_config.existing_dir)
+
     def _open(self, setup: SetUp) -> tuple[Session, Database]:
-        if self.environment_config is not None:
+        if self.environment_config is not None and not self._feeds_only:
             existing = self.database_config.existing_dir
             session = Session.for_dataset(existing, self.session_dir, self.session_name, self.new_session)
             return session, Database(session.dataset_dir, self.database_config)
@@ -272,6 +286,8 @@ class Training:
         setup = setup or self.prepare()
         backend_class = load_backend(self.network_config)
         session, database = self._open(setup)
+        if database.path != session.dataset_dir:  # the network's session keeps the constants of its data
+            parameters.write_parameters(session.dataset_dir, parameters.read_parameters(database.path))
         self.session_path = session.path
         checkpoint = setup.checkpoint
         seed = self._seed(session)
@@ -296,7 +312,9 @@ class Training:
         try:
             if setup.runner_class is not None:
                 run.runner = setup.runner_class(self.environment_config, environment_key)
+                parameters.give(run.runner, database.path)
                 run.runner.start()
+                parameters.keep(run.runner, None if self._feeds_only else database.path)
             return run.train(backend_class, checkpoint)
         except BaseException as exc:
             outcome = outcome_of(exc)
@@ -389,7 +407,8 @@ class _Run:
         return self.database.count("training") if "training" in self.database.modes else 0
 
     def _producing(self, epoch: int) -> bool:
-        return self.runner is not None and (epoch == 0 or self.p.environment_config.always_produce)
+        return self.runner is not None and not self.p._feeds_only and (
+            epoch == 0 or self.p.environment_config.always_produce)
 
     def _field_specs(self, first_batch: dict[str, np.ndarray] | None) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
         if first_batch is not None:
@@ -435,13 +454,20 @@ class _Run:
         limit = self.p.batch_nb if self.p.batch_nb is not None else math.inf
         done = 0
         while done < limit:  # with batch_nb set, an epoch may span several passes
-            for batch in self.database.batches("training", self.p.batch_size, fields=self.fields, rng=self.rng):
+            for batch in self._stored_batches(epoch, count):
                 yield batch
                 done += 1
                 if done >= limit:
                     return
             if limit is math.inf:
                 return
+
+    def _stored_batches(self, epoch: int, count: int) -> Iterator[dict[str, np.ndarray]]:
+        """One pass over the stored samples; fed to the environments in the epochs ``load_samples`` says."""
+        if self.runner is None or not feeding.feeds(self.p.environment_config, epoch):
+            return self.database.batches("training", self.p.batch_size, fields=self.fields, rng=self.rng)
+        order = self.rng.permutation(count) if self.p.database_config.shuffle else np.arange(count)
+        return feeding.fed_batches(self.runner, self.database, "training", self.p.batch_size, self.fields, order)
 
     def _produced_batches(self, hold: bool) -> Iterator[dict[str, np.ndarray]]:
         """The epoch's batches of sample ids ``next_sample + k * batch_size``: stored ones read back, the rest produced.

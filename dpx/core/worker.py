@@ -10,7 +10,7 @@ Conversation (see :mod:`dpx.core.transport`): after the key challenge the
 worker says ``hello`` with the token of the slot it was started for (none when
 started by hand); the runner sends ``init`` (the environment config and this
 worker's instance id), the worker answers ``ready`` with its fields; then
-``produce`` -> ``samples``, ``apply`` -> ``applied``, until ``close``. While
+``produce`` (or ``feed``, with stored samples) -> ``samples``, ``apply`` -> ``applied``, until ``close``. While
 producing, the environment's ``get_prediction`` sends ``predict`` and waits for
 ``prediction``, and ``update_visualisation`` sends ``visual``. Any exception is
 reported as ``error`` with its traceback before the worker exits; ``contract``
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from dpx.core import transport
+from dpx.core import parameters, transport
 
 log = logging.getLogger("dpx.worker")
 
@@ -61,6 +61,7 @@ def serve(channel: transport.Channel) -> None:
             init["instance_nb"],
             on_wrong_sample=lambda sample_id, arrays: refused.append({"id": sample_id, "arrays": arrays}),
             optional_fields=frozenset(init["optional_fields"]),
+            parameters=parameters.unpack(init.get("parameters"), "the runner"),
         )
         producer.env._connect(predictor=lambda inputs: _ask_prediction(channel, inputs))
         if init["visual"]:
@@ -71,7 +72,8 @@ def serve(channel: transport.Channel) -> None:
         fields = {n: [str(f.dtype) if f.dtype else None, list(f.shape) if f.shape is not None else None]
                   for n, f in producer.fields.items()}
         scene = producer.env.factory.scene() if init["visual"] else None
-        channel.send({"type": "ready", "fields": fields, "scene": scene, "pid": os.getpid()})
+        saved = parameters.pack(getattr(producer.env, "_saved_parameters", {}))
+        channel.send({"type": "ready", "fields": fields, "scene": scene, "pid": os.getpid(), "parameters": saved})
         _loop(channel, producer, refused if init["record_wrong_samples"] else None)
     except (EOFError, ConnectionError):
         return  # the runner went away: nothing to report to
@@ -89,9 +91,12 @@ def _loop(channel: transport.Channel, producer: Any, refused: list[dict[str, Any
     while True:
         request = channel.receive()
         kind = request["type"]
-        if kind == "produce":
+        if kind in ("produce", "feed"):
             ids = np.asarray(request["ids"], dtype=np.int64)
-            arrays = producer.produce(ids, request["stream"])
+            if kind == "feed":
+                arrays = producer.feed(request["stored"], ids, request["stream"])
+            else:
+                arrays = producer.produce(ids, request["stream"])
             message = {"type": "samples", "arrays": arrays, "stats": vars(producer.stats)}
             if refused:  # samples check_sample refused, for record_wrong_samples
                 message["refused"] = refused[:]

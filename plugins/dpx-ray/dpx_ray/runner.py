@@ -40,6 +40,7 @@ from ray.exceptions import RayActorError, RayError
 
 from dpx.core.config import ConfigError, EnvironmentConfig
 from dpx.core.environment import Field
+from dpx.core.parameters import for_instance
 from dpx.core.runners import (
     Predictor,
     RemoteRunner,
@@ -54,7 +55,7 @@ from dpx.core.runners import (
 log = logging.getLogger("dpx.ray")
 
 #: Message the environments get when they ask for a prediction no network can answer.
-NO_NETWORK = "get_prediction() needs a network: it is available in the Training and Prediction pipelines"
+NO_NETWORK = "get_prediction() needs a network: it is available in the Prediction pipeline"
 
 
 @dataclass
@@ -110,8 +111,8 @@ class EnvironmentActor:
     """
 
     def __init__(self, portable: dict[str, Any], key: list[int], instance_id: int, instance_nb: int,
-                 optional_fields: list[str], record_wrong: bool) -> None:
-        self.portable, self.key = portable, key
+                 optional_fields: list[str], record_wrong: bool, parameters: dict[str, Any] | None = None) -> None:
+        self.portable, self.key, self.parameters = portable, key, parameters
         self.instance_id, self.instance_nb = instance_id, instance_nb
         self.optional_fields, self.record_wrong = frozenset(optional_fields), record_wrong
         self.visual: list[dict[int, Any]] = []
@@ -126,6 +127,7 @@ class EnvironmentActor:
                 self.instance_nb,
                 on_wrong_sample=(lambda i, sample: self.wrong.append((i, sample))) if self.record_wrong else None,
                 optional_fields=self.optional_fields,
+                parameters=self.parameters,
             )
             self.connect(mailbox)
             if visual:
@@ -134,6 +136,7 @@ class EnvironmentActor:
             return self._reply(
                 fields=self.producer.fields,
                 scene=self.producer.env.factory.scene() if visual else None,
+                parameters=getattr(self.producer.env, "_saved_parameters", {}),
                 pid=os.getpid(),
                 node=ray.util.get_node_ip_address(),
                 node_id=ray.get_runtime_context().get_node_id(),
@@ -153,6 +156,13 @@ class EnvironmentActor:
     def produce(self, sample_ids: np.ndarray, stream: int) -> dict[str, Any]:
         try:
             arrays = self.producer.produce(np.asarray(sample_ids, dtype=np.int64), stream)
+            return self._reply(arrays=arrays, stats=vars(self.producer.stats))
+        except Exception as exc:
+            return describe_failure(exc)
+
+    def feed(self, stored: dict[str, np.ndarray], sample_ids: np.ndarray, stream: int) -> dict[str, Any]:
+        try:
+            arrays = self.producer.feed(stored, np.asarray(sample_ids, dtype=np.int64), stream)
             return self._reply(arrays=arrays, stats=vars(self.producer.stats))
         except Exception as exc:
             return describe_failure(exc)
@@ -254,6 +264,7 @@ class RayRunner(RemoteRunner):
                 "actors cannot import; move it to a module they can import (installed on every node)"
             )
         self._prepare(self.options.max_restarts)
+        self.saved_parameters = {}
         self.predictor: Predictor | None = None
         self._mailbox: Any = None
         self._asking: Any = None  # the pending ``take`` on the mailbox
@@ -291,7 +302,8 @@ class RayRunner(RemoteRunner):
     # -- actors ----------------------------------------------------------------------
 
     def _launch(self, slot: _Slot) -> None:
-        slot.actor = self._actor_class.remote(instance_id=slot.instance_id, **self._actor_args)
+        slot.actor = self._actor_class.remote(instance_id=slot.instance_id, **self._actor_args,
+                                              parameters=for_instance(self.stored_parameters, slot.instance_id))
         slot.call(slot.actor.start.remote(self._mailbox if self.predictor is not None else None,
                                           self.visualizer is not None))
 
@@ -319,6 +331,7 @@ class RayRunner(RemoteRunner):
             slot.pid, slot.node, slot.node_id = ready["pid"], ready["node"], ready["node_id"]
             for name, declared in ready["fields"].items():
                 self._fields.setdefault(name, declared)
+            self.saved_parameters[slot.instance_id] = ready["parameters"]
             if self.visualizer is not None:
                 self.visualizer.add_scene(slot.instance_id, ready["scene"])
             self._forward(slot, ready)
@@ -381,12 +394,16 @@ class RayRunner(RemoteRunner):
     # -- producing -------------------------------------------------------------------
 
     def _run_chunks(self, pending: deque, sample_ids: np.ndarray, stream: int, batch: dict[str, np.ndarray],
-                    count: int, pinned: bool) -> None:
+                    count: int, pinned: bool, stored: dict[str, np.ndarray] | None = None) -> None:
         while True:
             for slot in self.slots:  # one chunk per actor at a time: a faster actor takes more chunks
                 if pending and slot.ref is None and (not pinned or pending[0][0] == slot.instance_id):
                     first, last = pending.popleft()
-                    slot.call(slot.actor.produce.remote(sample_ids[first:last], stream), (first, last))
+                    if stored is None:
+                        slot.call(slot.actor.produce.remote(sample_ids[first:last], stream), (first, last))
+                    else:  # load_samples: the chunk's stored rows travel with it
+                        rows = {name: values[first:last] for name, values in stored.items()}
+                        slot.call(slot.actor.feed.remote(rows, sample_ids[first:last], stream), (first, last))
             busy = [slot for slot in self.slots if slot.ref is not None]
             if not busy:
                 return

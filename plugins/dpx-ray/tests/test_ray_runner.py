@@ -75,6 +75,11 @@ def test_get_prediction_travels_to_the_driver_and_back(checks):
     checks.predictions()
 
 
+def test_stored_samples_and_parameters_reach_the_actors_as_in_process(checks):
+    checks.feeds()
+    checks.parameters()
+
+
 def test_visual_updates_reach_the_viewer(checks):
     checks.visuals()
 

@@ -4,12 +4,13 @@ Generates training and validation samples (random patch loads -> FEM nodal
 displacements), trains an FC network on the nodal layout and a small 3D UNet
 on the grid layout, runs each inside the simulator with dpx.Prediction, and
 prints, side by side, the networks' error against the FEM solution and the
-time of one network prediction against one FEM solve.
+time of one network prediction against one FEM solve. The last loads are
+rendered (FEM solution green, network red) in ``frames_<network>/``.
 
-Needs the dpx, dpx-torch and dpx-fem distributions installed::
+Needs the dpx, dpx-torch, dpx-fem and dpx-vedo distributions installed::
 
-    python examples/fem_beam.py --quick     # a smoke run, under a minute
-    python examples/fem_beam.py             # a few minutes on 2 CPU cores
+    python examples/demos/fem_beam.py --quick     # a smoke run, under a minute
+    python examples/demos/fem_beam.py             # a few minutes on 2 CPU cores
 
 Sessions go to ``sessions/fem_beam/<date-time>/`` (``--out`` changes the parent).
 """
@@ -51,6 +52,7 @@ class Result:
     rms_relative_error: float
     prediction_ms: float
     batched_ms: float
+    picture: Path
 
 
 def cases(quick: bool) -> list[Case]:
@@ -93,7 +95,19 @@ def evaluate(run: Path, case: Case, seed: int, steps: int) -> Result:
     replay(trained.session_path, case.network, batch_size=steps)
     batched = (time.perf_counter() - started) / steps
     return Result(case, trained.seconds, float(relative.mean()), predicted.error.relative_error,
-                  1e3 * predicted.network_seconds / predicted.steps, 1e3 * batched)
+                  1e3 * predicted.network_seconds / predicted.steps, 1e3 * batched,
+                  picture(run, case, trained.session_path.name, seed))
+
+
+def picture(run: Path, case: Case, session: str, seed: int, steps: int = 3) -> Path:
+    """Render a few more loads offscreen (FEM green, network red; the viewer of dpx-vedo); the last frame."""
+    frames = run / f"frames_{case.name}"
+    viewer = {"offscreen": True, "frames_dir": str(frames)}
+    environment = dpx.EnvironmentConfig("fem.beam", env_kwargs={**BEAM, "layout": case.layout}, seed=seed + 2,
+                                        visualizer="vedo", visualizer_kwargs=viewer)
+    dpx.Prediction(case.network, environment, session_dir=str(run), session_name=session, step_nb=steps,
+                   progress=False).execute()
+    return sorted(frames.glob("*.png"))[-1]
 
 
 def time_fem(solves: int) -> tuple[Beam, float]:
@@ -116,6 +130,7 @@ def main() -> None:
     parser.add_argument("--out", default="sessions/fem_beam", help="parent folder of the run's sessions")
     parser.add_argument("--steps", type=int, default=200, help="prediction steps (new loads) per network")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--networks", default="fc,unet", help="which networks to train, comma-separated")
     args = parser.parse_args()
 
     run = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
@@ -123,7 +138,8 @@ def main() -> None:
     print(f"fem.beam {BEAM}: {beam.n_nodes} nodes, {3 * beam.n_nodes} DOFs; assembly "
           f"{1e3 * beam.assembly_seconds:.0f} ms, factorisation {1e3 * beam.factorization_seconds:.1f} ms (once), "
           f"one solve {solve_ms:.3f} ms")
-    results = [evaluate(run, case, args.seed, args.steps) for case in cases(args.quick)]
+    chosen = args.networks.split(",")
+    results = [evaluate(run, case, args.seed, args.steps) for case in cases(args.quick) if case.name in chosen]
 
     print(f"\n{'':24}{'FEM':>12}" + "".join(f"{r.case.name + ' (' + r.case.layout + ')':>16}" for r in results))
     rows = [
@@ -138,6 +154,8 @@ def main() -> None:
         print(f"{label:24}{fem:>12}" + "".join(f"{v:>16}" for v in values))
     print(f"\nFEM set-up, paid once: assembly {1e3 * beam.assembly_seconds:.0f} ms + factorisation "
           f"{1e3 * beam.factorization_seconds:.1f} ms. Errors are over {args.steps} new loads; sessions in {run}")
+    for result in results:
+        print(f"{result.case.name}: picture of the last load (FEM green, network red): {result.picture}")
 
 
 if __name__ == "__main__":
