@@ -16,7 +16,9 @@ error and skipped, so one broken plugin never takes dpx down; ``DPX_STRICT_PLUGI
 plugin authors and tests.
 
 Registering a plugin only calls its registry hooks, which return import paths:
-no component is imported until a pipeline asks for it by name.
+no component is imported until a pipeline asks for it by name. A plugin
+declaring a ``DPX_PLUGIN_API`` this dpx does not support (see
+:data:`dpx.hookspecs.PLUGIN_API`) is an error row, not registered.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ FIRST_PARTY: tuple[FirstParty, ...] = (
     FirstParty("vedo", "dpx-vedo", "a 3D viewer", {"visualizers": ("vedo",)}),
     FirstParty("tensorboard", "dpx-tensorboard", "TensorBoard training curves", {"stats_writers": ("tensorboard",)}),
     FirstParty("ray", "dpx-ray", "environments on a Ray cluster", {"runners": ("ray",)}),
+    FirstParty("mlflow", "dpx-mlflow", "every run tracked as an MLflow run (lifecycle hooks)", {}),
 )
 
 
@@ -281,6 +284,12 @@ class Plugins:
             except importlib.metadata.PackageNotFoundError:
                 version = None
         info = PluginInfo(name, module, source, distribution, version)
+        api = getattr(plugin, "DPX_PLUGIN_API", hookspecs.PLUGIN_API)
+        if api not in hookspecs.SUPPORTED_PLUGIN_APIS:
+            reason = (f"written for dpx plugin API {api!r}, this dpx has {hookspecs.PLUGIN_API}: "
+                      f"install a version of {distribution or module} made for it")
+            self._fail(info, reason, PluginError(reason))
+            return info
         try:
             self.manager.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
@@ -312,7 +321,7 @@ class Plugins:
         for caller in self.manager.get_hookcallers(plugin) or []:
             if caller.has_spec():
                 continue
-            close = difflib.get_close_matches(caller.name, hookspecs.REGISTRY_KINDS, n=1)
+            close = difflib.get_close_matches(caller.name, [*hookspecs.REGISTRY_KINDS, *hookspecs.LIFECYCLE_HOOKS], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise PluginError(f"implements unknown hook {caller.name!r}{hint}")
 
