@@ -3,7 +3,9 @@
 Training: the same FC network, batch size, optimiser and samples; the bare
 loop holds the samples as tensors in memory and shuffles indices each epoch,
 dpx reads them from the session's memmap storage through the Training
-pipeline. ``get_prediction``: one sample through the environment's request
+pipeline. At batch 32 dpx also runs with a no-op plugin implementing every
+lifecycle hook (the per-step one included), the price of a plugin joining the
+run. ``get_prediction``: one sample through the environment's request
 path (NumPy in, backend, NumPy out) against calling the model directly.
 
     .venv/bin/python benchmarks/bench_training.py [--quick]
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import dpx  # noqa: E402
 from dpx.core.database import Database  # noqa: E402
+from dpx.plugins import get_plugins  # noqa: E402
 from measure import HEADER, row, side_by_side  # noqa: E402
 
 CASES = {
@@ -33,6 +36,43 @@ CASES = {
     "small FC 90-64-64-3, batch 256": ([64, 64], 256),
     "wide FC 90-512-512-3, batch 256": ([512, 512], 256),
 }
+
+
+#: The case also measured with :class:`NoOpPlugin` installed.
+WITH_PLUGIN = "small FC 90-64-64-3, batch 32"
+
+
+class NoOpPlugin:
+    """Implements every lifecycle hook, doing nothing: what joining a run costs."""
+
+    @dpx.hookimpl
+    def dpx_run_start(self, run): pass
+
+    @dpx.hookimpl
+    def dpx_training_step_end(self, run, step, loss): pass
+
+    @dpx.hookimpl
+    def dpx_epoch_end(self, run, epoch, loss): pass
+
+    @dpx.hookimpl
+    def dpx_checkpoint_saved(self, run, path): pass
+
+    @dpx.hookimpl
+    def dpx_run_end(self, run, outcome): pass
+
+
+def with_noop_plugin(run):
+    """``run`` with :class:`NoOpPlugin` registered for its duration."""
+
+    def measured() -> float:
+        plugins = get_plugins()
+        plugins.register(NoOpPlugin(), name="bench-noop")
+        try:
+            return run()
+        finally:
+            plugins.unregister("bench-noop")
+
+    return measured
 
 
 def make_dataset(folder: str, count: int) -> np.ndarray:
@@ -98,11 +138,16 @@ def main() -> None:
         for index, (case, (hidden, batch_size)) in enumerate(CASES.items()):
             bare_loop(inputs, hidden, batch_size, 1)  # warm-up
             runs = itertools.count()
-            rates = side_by_side(repeats, {
+            measured = {
                 "bare": lambda: bare_loop(inputs, hidden, batch_size, epochs),
                 "dpx": lambda: through_dpx(folder, hidden, batch_size, epochs, f"case{index}_{next(runs)}"),
-            })
+            }
+            if case == WITH_PLUGIN:
+                measured["plugin"] = with_noop_plugin(measured["dpx"])
+            rates = side_by_side(repeats, measured)
             print(row(f"{case} (samples/s)", rates["bare"], rates["dpx"]))
+            if "plugin" in rates:
+                print(row(f"{case}, no-op plugin (samples/s)", rates["bare"], rates["plugin"]))
         request, direct = get_prediction_overhead(folder)
         print(f"get_prediction in-process: {request:.1f} us per call, model called directly {direct:.1f} us "
               f"(overhead {request - direct:.1f} us)")
