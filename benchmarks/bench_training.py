@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import dpx  # noqa: E402
 from dpx.core.database import Database  # noqa: E402
+from dpx.core.lifecycle import lifecycle_plugins  # noqa: E402
 from dpx.plugins import get_plugins  # noqa: E402
 from measure import HEADER, row, side_by_side  # noqa: E402
 
@@ -38,8 +39,8 @@ CASES = {
 }
 
 
-#: The case also measured with :class:`NoOpPlugin` installed.
-WITH_PLUGIN = "small FC 90-64-64-3, batch 32"
+#: The case also measured with :class:`NoOpPlugin` installed, under this name.
+WITH_PLUGIN, NOOP = "small FC 90-64-64-3, batch 32", "bench-noop"
 
 
 class NoOpPlugin:
@@ -66,11 +67,11 @@ def with_noop_plugin(run):
 
     def measured() -> float:
         plugins = get_plugins()
-        plugins.register(NoOpPlugin(), name="bench-noop")
+        plugins.register(NoOpPlugin(), name=NOOP)
         try:
             return run()
         finally:
-            plugins.unregister("bench-noop")
+            plugins.unregister(NOOP)
 
     return measured
 
@@ -105,9 +106,12 @@ def bare_loop(inputs: np.ndarray, hidden: list[int], batch_size: int, epochs: in
 
 
 def through_dpx(folder: str, hidden: list[int], batch_size: int, epochs: int, name: str) -> float:
+    """dpx's own loop: the lifecycle plugins installed here (dpx-mlflow...) stay out, the benchmark's joins."""
     network = dpx.NetworkConfig("fc", network_kwargs={"hidden": hidden}, lr=1e-3, device="cpu")
+    installed = [plugin for plugin in lifecycle_plugins() if plugin != NOOP]
     summary = dpx.Training(network, dpx.DatabaseConfig(existing_dir=f"{folder}/data"), session_dir=folder,
-                           session_name=name, epoch_nb=epochs, batch_size=batch_size, progress=False, seed=0).execute()
+                           session_name=name, epoch_nb=epochs, batch_size=batch_size, progress=False, seed=0,
+                           disable_plugins=installed).execute()
     return summary.samples / summary.seconds
 
 

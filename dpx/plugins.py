@@ -102,6 +102,8 @@ class PluginInfo:
     error: str | None = None
     #: registry name (e.g. "environments") -> {component name: component}
     provides: dict[str, dict[str, Component]] = field(default_factory=dict)
+    #: the lifecycle hooks it implements (it takes part in runs), without the ``dpx_`` prefix
+    joins: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +118,7 @@ class PluginInfo:
                 registry: {name: {"path": c.path, "summary": c.summary} for name, c in offers.items()}
                 for registry, offers in self.provides.items()
             },
+            "joins": self.joins,
         }
 
 
@@ -300,6 +303,8 @@ class Plugins:
         try:
             self._check_hook_names(plugin)
             info.provides = self._collect_offers(name)
+            info.joins = sorted(caller.name.removeprefix("dpx_") for caller in self.manager.get_hookcallers(plugin) or []
+                                if caller.name in hookspecs.LIFECYCLE_HOOKS)
         except PluginError as exc:
             self.manager.unregister(plugin)
             self._fail(info, str(exc), exc)
