@@ -317,6 +317,12 @@ def dpx_stats_writers():
 
     Check one with :func:`dpx.testing.check_stats_writer`.
 
+    Stats writers stay a registry beside the lifecycle hooks: a run picks its
+    writers by name (``stats=["csv", "tensorboard"]``), they receive histograms,
+    and ``drop_after`` keeps a resumed training's curves exact. A sink that
+    should follow every run of every pipeline, whatever the config says, is a
+    lifecycle plugin instead (as dpx-mlflow is).
+
     Example::
 
         @dpx.hookimpl

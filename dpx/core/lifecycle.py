@@ -44,10 +44,18 @@ def lifecycle_plugins(plugins: Any = None) -> dict[str, str | None]:
 
 
 def check_disabled(owner: str, disable_plugins: Iterable[str], plugins: Any = None) -> None:
-    """Refuse a ``disable_plugins`` name that turns nothing off: the plugin meant would still join."""
+    """Refuse a ``disable_plugins`` name that turns nothing off: the plugin meant would still join.
+
+    A first-party plugin that is not installed is accepted, so that a config
+    keeping ``mlflow`` out runs where dpx-mlflow is not installed too.
+    """
+    from dpx.plugins import FIRST_PARTY, get_plugins
+
+    plugins = plugins if plugins is not None else get_plugins()
     joining = lifecycle_plugins(plugins)
+    absent_first_party = {p.plugin for p in FIRST_PARTY} - set(plugins.plugins)
     for name in disable_plugins:
-        if name not in joining:
+        if name not in joining and name not in absent_first_party:
             listed = ", ".join(joining) or "none is installed"
             raise ConfigError(
                 f"{owner}: disable_plugins names {name!r}, which is no plugin taking part in runs; "
@@ -66,7 +74,7 @@ class Lifecycle:
         disabled = set(disable_plugins)
         check_disabled(pipeline, disabled, plugins)
         manager = plugins.manager
-        removed = [manager.get_plugin(name) for name in disabled]
+        removed = [manager.get_plugin(name) for name in disabled if manager.get_plugin(name) is not None]
         self.pipeline = pipeline
         #: Unique to this run, recorded in ``session.json`` and given to the plugins.
         self.run_id = uuid.uuid4().hex
