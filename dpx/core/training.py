@@ -262,6 +262,9 @@ class Training:
                 "(python -m dpx generate ...) or give an [environment] to produce them while training"
             )
         setup.checked.append(f"dataset {dataset} ({count} training samples)")
+        if self.validation_split and not stored_fields(dataset, self.database_config, "validation")[1]:
+            held = held_out(count, self.validation_split)
+            setup.checked.append(f"validation split: {held} of them held out")
         setup.read("the dataset", dataset)
         return f"the dataset {dataset}"
 
@@ -397,10 +400,7 @@ class _Run:
                 log.info("dpx: the dataset has validation samples: validation_split=%s is not used", self.p.validation_split)
             return None, None
         count = self._stored()
-        held = round(count * self.p.validation_split)
-        if held < 1 or held >= count:
-            raise ConfigError(f"Training: validation_split={self.p.validation_split} of {count} training samples "
-                              f"leaves {held} for validation and {count - held} to train on; both need one or more")
+        held = held_out(count, self.p.validation_split)
         order = np.random.default_rng([self.seed, SPLIT_STREAM]).permutation(count)
         return np.sort(order[held:]), np.sort(order[:held])
 
@@ -673,6 +673,15 @@ class _Run:
         if self.stats is not None:
             self.stats.close()
         self.database.close()
+
+
+def held_out(count: int, fraction: float) -> int:
+    """How many of ``count`` samples ``validation_split=fraction`` holds out; both parts must keep one or more."""
+    held = round(count * fraction)
+    if held < 1 or held >= count:
+        raise ConfigError(f"Training: validation_split={fraction} of {count} training samples leaves {held} for "
+                          f"validation and {count - held} to train on; both need one or more")
+    return held
 
 
 def _best_state(saved: Any, default: dict[str, Any]) -> dict[str, Any]:

@@ -174,3 +174,9 @@ def test_gradient_clipping_bounds_each_step(tmp_path, dataset):
     # 4 SGD steps of lr 0.1 on gradients of norm <= 1e-3 move the weights by 4e-4 at most
     assert moved_in_second_epoch(1e-3, "clipped") <= 4 * 0.1 * 1e-3 * (1 + 1e-5)
     assert moved_in_second_epoch(None, "free") > 10 * 4 * 0.1 * 1e-3
+
+
+def test_a_validation_split_leaving_nothing_to_validate_is_refused_before_anything_is_written(tmp_path, dataset):
+    with pytest.raises(ConfigError, match=r"validation_split=0.001 of 128 training samples leaves 0 for validation"):
+        training(tmp_path, dataset, validation_split=0.001).execute()
+    assert not (tmp_path / "net").exists()
