@@ -24,7 +24,7 @@ plugins`` then lists it.
 
 Registry hooks
 --------------
-Every hook here is a *registry*: it takes no argument and returns a mapping
+The first hooks below are *registries*: each takes no argument and returns a mapping
 ``{name: component}`` where a component is either an import path
 ``"package.module:Attribute"`` or a :class:`dpx.Component` carrying that path and
 a one-line summary. dpx imports the path only when a pipeline actually uses the
