@@ -180,3 +180,22 @@ def test_a_validation_split_leaving_nothing_to_validate_is_refused_before_anythi
     with pytest.raises(ConfigError, match=r"validation_split=0.001 of 128 training samples leaves 0 for validation"):
         training(tmp_path, dataset, validation_split=0.001).execute()
     assert not (tmp_path / "net").exists()
+
+
+def test_a_plugin_sees_every_prediction_step_and_how_the_run_ended(tmp_path, dataset, dpx_plugin):
+    trained = training(tmp_path, dataset, epoch_nb=1).execute()
+    seen = []
+
+    class Follows:
+        @dpx.hookimpl
+        def dpx_prediction_step_end(self, step, inputs, prediction):
+            seen.append((step, inputs["input"].shape, prediction.shape))
+
+        @dpx.hookimpl
+        def dpx_run_end(self, run, outcome, summary):
+            seen.append((run.pipeline, outcome, summary.steps))
+
+    dpx_plugin(Follows(), name="follows")
+    dpx.Prediction(dpx.NetworkConfig("fc"), dpx.EnvironmentConfig("toy.mean", env_kwargs={"n_points": 5}, seed=1),
+                   session_dir=str(tmp_path), session_name=trained.session_path.name, step_nb=3, progress=False).execute()
+    assert seen == [(0, (1, 5, 3), (1, 3)), (1, (1, 5, 3), (1, 3)), (2, (1, 5, 3), (1, 3)), ("Prediction", "completed", 3)]
