@@ -194,10 +194,12 @@ class TorchBackend:
         prediction, ground_truth = self._forward(batch)
         losses = self.optimization.transform_loss(self.optimization.compute_loss(prediction, ground_truth))
         loss = losses["loss"]
-        value = float(loss.detach())
+        value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(f"the loss is {value}")
         self.optimization.optimize(loss)
+        if len(losses) == 1:  # the common case, without building a second dict
+            return {"loss": value}
         return {"loss": value, **{k: float(v) for k, v in losses.items() if k != "loss"}}
 
     def validation_loss(self, batch: dict[str, np.ndarray]) -> float:
