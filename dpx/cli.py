@@ -283,7 +283,10 @@ def _plugins(args: argparse.Namespace) -> int:
             continue
         provides = [
             f"{registry}: {', '.join(sorted(offers))}" for registry, offers in info.provides.items() if offers
-        ] or ["-"]
+        ]
+        if info.joins:
+            provides.append(f"joins runs: {', '.join(info.joins)}")
+        provides = provides or ["-"]
         table.append((info.name, dist, info.status, provides))
         if args.verbose:
             for registry in REGISTRIES:

@@ -24,7 +24,7 @@ plugins`` then lists it.
 
 Registry hooks
 --------------
-Every hook here is a *registry*: it takes no argument and returns a mapping
+The first hooks below are *registries*: each takes no argument and returns a mapping
 ``{name: component}`` where a component is either an import path
 ``"package.module:Attribute"`` or a :class:`dpx.Component` carrying that path and
 a one-line summary. dpx imports the path only when a pipeline actually uses the
@@ -39,6 +39,13 @@ and :data:`CONTRACTS` lists what dpx checks when it loads the object (not when
 it lists it): a component breaking its contract is a one-line
 :class:`dpx.plugins.PluginError` naming the plugin and what is missing. The
 conformance kits of :mod:`dpx.testing` check the rest (behaviour) in your tests.
+
+Lifecycle hooks
+---------------
+The second kind (see the block at the end of this file): events of a run that
+every installed plugin implementing them receives, as pytest and kedro plugins
+do. They let a plugin *take part* in a run (log it, stop it early, copy its
+checkpoints) with no registration step but ``pip install``.
 """
 
 from __future__ import annotations
@@ -65,8 +72,6 @@ REGISTRY_KINDS: dict[str, str] = {
     "dpx_stats_writers": "stats writer",
     "dpx_exporters": "exporter",
 }
-
-
 
 
 @dataclass(frozen=True)
@@ -348,9 +353,186 @@ def dpx_stats_writers():
 
     Check one with :func:`dpx.testing.check_stats_writer`.
 
+    Stats writers stay a registry beside the lifecycle hooks: a run picks its
+    writers by name (``stats=["csv", "tensorboard"]``), they receive histograms,
+    and ``drop_after`` keeps a resumed training's curves exact. A sink that
+    should follow every run of every pipeline, whatever the config says, is a
+    lifecycle plugin instead (as dpx-mlflow is).
+
     Example::
 
         @dpx.hookimpl
         def dpx_stats_writers():
             return {"tensorboard": "dpx_tensorboard.writer:TensorBoardWriter"}
+    """
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle hooks: events of a run, received by every installed plugin that implements them.
+# ---------------------------------------------------------------------------------------------
+#
+# The pipelines call them; a plugin implements any of them with ``@dpx.hookimpl``, may order
+# itself with ``@dpx.hookimpl(tryfirst=True)`` / ``trylast=True``, or wrap the others with
+# ``@dpx.hookimpl(wrapper=True)`` (pluggy's options). Every installed plugin joins every run
+# (the pytest convention) unless ``DPX_DISABLE_PLUGINS`` or the pipeline's ``disable_plugins``
+# names it; ``session.json`` records which plugins joined, with their versions.
+#
+# Growing without breaking plugins: an implementation may take any subset of a spec's
+# arguments, in any order, so a new argument breaks no existing plugin. To retire one, keep it
+# and add it to the spec's ``warn_on_impl_args`` for a release; implementations still taking it
+# then get a DeprecationWarning when they are registered::
+#
+#     @hookspec(warn_on_impl_args={"values": deprecated_argument("values", "metrics")})
+#     def dpx_training_step_end(run, epoch, step, loss, values, metrics): ...
+#
+# Hooks called per step cost nothing when no plugin implements them: the pipelines check once
+# per run which hooks have implementations (see dpx.core.lifecycle).
+
+#: The plugin API this dpx implements. A plugin declares the one it was written for with a
+#: module-level ``DPX_PLUGIN_API = 1``; one written for another API is an error row of
+#: ``python -m dpx plugins`` instead of failing in the middle of a run. Omitting it means the
+#: current API. The number changes only when a hook changes incompatibly (an argument removed
+#: after its deprecation, a return value that means something else).
+PLUGIN_API = 1
+#: The plugin APIs this dpx still runs (older ones stay here during their deprecation period).
+SUPPORTED_PLUGIN_APIS = frozenset({1})
+
+#: Lifecycle hook name -> when the pipelines call it (for listings).
+LIFECYCLE_HOOKS: dict[str, str] = {
+    "dpx_run_start": "a run starts",
+    "dpx_run_end": "a run ends",
+    "dpx_batch_stored": "a generated batch is handed to storage",
+    "dpx_training_step_end": "an optimisation step ends",
+    "dpx_epoch_end": "a training epoch ends",
+    "dpx_checkpoint_saved": "a network is saved",
+    "dpx_prediction_step_end": "a prediction step ends",
+}
+
+
+def deprecated_argument(name: str, instead: str | None = None) -> DeprecationWarning:
+    """The warning of a hook argument on its way out, for a spec's ``warn_on_impl_args``."""
+    hint = f"; take {instead!r} instead" if instead else ""
+    return DeprecationWarning(f"the dpx hook argument {name!r} is deprecated and will be removed{hint}")
+
+
+@hookspec
+def dpx_run_start(run):
+    """A pipeline run starts: its session exists and ``session.json`` records it.
+
+    ``run`` is a :class:`dpx.core.lifecycle.RunInfo`: ``pipeline``
+    (``"DataGeneration"``, ``"Training"`` or ``"Prediction"``), ``run_id`` (unique,
+    also in ``session.json``), ``session_path``, ``configs`` (the configs as
+    ``session.json`` records them), ``seed``, ``plugins`` (the lifecycle plugins
+    that joined, with their versions) and ``state``, a dict where plugins keep
+    what they need until the run ends (under their own name). The same object
+    is passed to every hook of the run. Raising here stops the run before its
+    first sample or step.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_run_start(run):
+            print(f"{run.pipeline} {run.run_id} in {run.session_path}")
+    """
+
+
+@hookspec
+def dpx_run_end(run, outcome, summary, error):
+    """A run ended: ``outcome`` is what ``session.json`` records (``"completed"``,
+    ``"interrupted"`` or ``"failed: ..."``), ``summary`` the pipeline's summary
+    (None when it failed) and ``error`` the exception that ended it (or None).
+
+    Called whenever :func:`dpx_run_start` was, after the pipeline released its
+    environments and files.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_run_end(run, outcome):
+            notify(f"{run.pipeline} in {run.session_path}: {outcome}")
+    """
+
+
+@hookspec
+def dpx_batch_stored(run, mode, sample_ids, batch):
+    """DataGeneration handed a batch to storage: ``sample_ids`` (a NumPy array)
+    of ``mode`` (``"training"``, ``"validation"``...), ``batch`` ``{field: array}``.
+
+    The arrays are the runner's buffers, valid only during the call: copy what
+    you keep. Samples are written in the background and committed by the end of
+    the run.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_batch_stored(mode, sample_ids):
+            print(f"{mode}: samples {sample_ids[0]}..{sample_ids[-1]}")
+    """
+
+
+@hookspec
+def dpx_training_step_end(run, epoch, step, loss, values):
+    """Training made optimisation step ``step`` (counted from 1 over the
+    session) in ``epoch``, with batch loss ``loss``; ``values`` are what the
+    stats writers log for it (``{"loss/batch": ..., "learning_rate": ...}``).
+
+    Called on the training's hot path: keep it cheap. When no plugin
+    implements it, dpx does not call it at all.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_training_step_end(step, loss):
+            if step % 1000 == 0:
+                print(step, loss)
+    """
+
+
+@hookspec(firstresult=True)
+def dpx_epoch_end(run, epoch, loss, validation_loss, metrics):
+    """Training finished ``epoch``: its mean training ``loss``, its
+    ``validation_loss`` (None without validation data) and ``metrics`` (every
+    epoch value the stats writers log, learning rate included).
+
+    Return a reason (a non-empty string) to stop the training after this epoch:
+    the first plugin answering one wins (``firstresult``); the epoch's network
+    is saved first and the reason recorded in ``session.json``. Return None to
+    let it go on.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_epoch_end(loss):
+            if loss < 1e-4:
+                return "the loss is below 1e-4"
+    """
+
+
+@hookspec
+def dpx_checkpoint_saved(run, path, epoch, best):
+    """Training saved a network: ``path`` (a :class:`pathlib.Path`) at the end of
+    ``epoch`` (-1: before the first step of an online training); ``best`` is
+    True for the best network so far (``which_network="best"``).
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_checkpoint_saved(path, best):
+            if best:
+                shutil.copy(path, "/backups/")
+    """
+
+
+@hookspec
+def dpx_prediction_step_end(run, step, inputs, prediction):
+    """Prediction ran the network once for every environment: ``inputs``
+    ``{field: array}`` and ``prediction`` (the target field's array, before it is
+    applied), one row per environment, valid only during the call.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_prediction_step_end(step, prediction):
+            trajectory.append(prediction.copy())
     """

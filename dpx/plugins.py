@@ -16,7 +16,9 @@ error and skipped, so one broken plugin never takes dpx down; ``DPX_STRICT_PLUGI
 plugin authors and tests.
 
 Registering a plugin only calls its registry hooks, which return import paths:
-no component is imported until a pipeline asks for it by name.
+no component is imported until a pipeline asks for it by name. A plugin
+declaring a ``DPX_PLUGIN_API`` this dpx does not support (see
+:data:`dpx.hookspecs.PLUGIN_API`) is an error row, not registered.
 """
 
 from __future__ import annotations
@@ -100,6 +102,8 @@ class PluginInfo:
     error: str | None = None
     #: registry name (e.g. "environments") -> {component name: component}
     provides: dict[str, dict[str, Component]] = field(default_factory=dict)
+    #: the lifecycle hooks it implements (it takes part in runs), without the ``dpx_`` prefix
+    joins: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +118,7 @@ class PluginInfo:
                 registry: {name: {"path": c.path, "summary": c.summary} for name, c in offers.items()}
                 for registry, offers in self.provides.items()
             },
+            "joins": self.joins,
         }
 
 
@@ -155,6 +160,7 @@ FIRST_PARTY: tuple[FirstParty, ...] = (
     FirstParty("ray", "dpx-ray", "environments on a Ray cluster", {"runners": ("ray",)}),
     FirstParty("onnx", "dpx-onnx", "exported ONNX networks on onnxruntime, without torch", {"network_backends": ("onnx",)}),
     FirstParty("deepphysx", "dpx-deepphysx", "DeepPhysX datasets read safely, and `dpx import deepphysx`", {"storage_backends": ("deepphysx",)}),
+    FirstParty("mlflow", "dpx-mlflow", "every run tracked as an MLflow run (lifecycle hooks)", {}),
 )
 
 
@@ -284,6 +290,12 @@ class Plugins:
             except importlib.metadata.PackageNotFoundError:
                 version = None
         info = PluginInfo(name, module, source, distribution, version)
+        api = getattr(plugin, "DPX_PLUGIN_API", hookspecs.PLUGIN_API)
+        if api not in hookspecs.SUPPORTED_PLUGIN_APIS:
+            reason = (f"written for dpx plugin API {api!r}, this dpx has {hookspecs.PLUGIN_API}: "
+                      f"install a version of {distribution or module} made for it")
+            self._fail(info, reason, PluginError(reason))
+            return info
         try:
             self.manager.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
@@ -294,6 +306,8 @@ class Plugins:
         try:
             self._check_hook_names(plugin)
             info.provides = self._collect_offers(name)
+            info.joins = sorted(caller.name.removeprefix("dpx_") for caller in self.manager.get_hookcallers(plugin) or []
+                                if caller.name in hookspecs.LIFECYCLE_HOOKS)
         except PluginError as exc:
             self.manager.unregister(plugin)
             self._fail(info, str(exc), exc)
@@ -315,7 +329,7 @@ class Plugins:
         for caller in self.manager.get_hookcallers(plugin) or []:
             if caller.has_spec():
                 continue
-            close = difflib.get_close_matches(caller.name, hookspecs.REGISTRY_KINDS, n=1)
+            close = difflib.get_close_matches(caller.name, [*hookspecs.REGISTRY_KINDS, *hookspecs.LIFECYCLE_HOOKS], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise PluginError(f"implements unknown hook {caller.name!r}{hint}")
 

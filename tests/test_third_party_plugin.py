@@ -49,3 +49,19 @@ def test_example_environment_is_created_by_name(installed):
 def test_example_plugin_is_not_visible_without_install():
     out = subprocess.run([sys.executable, "-m", "dpx", "plugins", "--json"], capture_output=True, text=True, check=True)
     assert "pendulum" not in {row["name"] for row in json.loads(out.stdout)}
+
+
+def test_example_plugin_takes_part_in_runs_through_a_lifecycle_hook(installed, tmp_path):
+    code = (
+        "import dpx\n"
+        "config = dpx.EnvironmentConfig('pendulum.damped', seed=0)\n"
+        f"dpx.DataGeneration(config, session_dir={str(tmp_path)!r}, session_name='swing', batch_nb=1, batch_size=4,\n"
+        "                   progress=False).execute()\n"
+        f"dpx.DataGeneration(dpx.EnvironmentConfig('toy.mean'), session_dir={str(tmp_path)!r}, session_name='mean',\n"
+        "                   batch_nb=1, batch_size=4, progress=False).execute()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env={**installed, "DPX_DISABLE_PLUGINS": "mlflow"}, check=True)
+    assert "angular velocity (rad/s)" in (tmp_path / "swing" / "FIELDS.txt").read_text()
+    assert not (tmp_path / "mean" / "FIELDS.txt").exists(), "only pendulum sessions"
+    record = json.loads((tmp_path / "swing" / "session.json").read_text())
+    assert "pendulum" in record["runs"][-1]["joined_plugins"]

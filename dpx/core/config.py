@@ -233,8 +233,13 @@ class NetworkConfig:
     ``loss`` and ``optimizer`` are names (``"mse"``, ``"adam"``) or classes;
     ``data_transformation`` names a registered transform. ``network_dir`` is a
     session (or its ``network/`` folder) to load a saved network from, and
-    ``which_network`` picks the saved epoch (``-1``: the last one).
+    ``which_network`` picks the saved epoch (``-1``: the last one, ``"best"``:
+    the one with the lowest validation loss, else training loss).
     ``input_fields`` feed the network, ``target_fields`` are what it predicts.
+    ``lr_scheduler`` names a learning-rate schedule of the backend (torch:
+    ``"step"``, ``"cosine"``, ``"plateau"`` on the validation loss,
+    ``"onecycle"``...) built with ``lr_scheduler_kwargs``; ``gradient_clipping``
+    caps the gradients' global norm before each step.
     """
 
     network_class: type | str = "fc"
@@ -243,7 +248,7 @@ class NetworkConfig:
     data_transformation: type | str | None = None
     network_dir: str | None = None
     network_name: str = "network"
-    which_network: int = -1
+    which_network: int | Literal["best"] = -1
     save_each_epoch: bool = False
     data_type: Literal["float32", "float64"] = "float32"
     lr: float = 1e-3
@@ -256,10 +261,15 @@ class NetworkConfig:
     input_fields: list[str] = field(default_factory=lambda: ["input"])
     target_fields: list[str] = field(default_factory=lambda: ["ground_truth"])
     device: str | None = None
+    lr_scheduler: str | None = None
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    gradient_clipping: float | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)
         _require(self, self.lr > 0, "lr", "must be positive")
+        _require(self, self.gradient_clipping is None or self.gradient_clipping > 0, "gradient_clipping",
+                 "must be a positive maximum gradient norm (or None)")
         _require(self, len(self.input_fields) >= 1, "input_fields", "name at least one field")
         _require(self, len(self.target_fields) >= 1, "target_fields", "name at least one field")
         self.input_fields, self.target_fields = list(self.input_fields), list(self.target_fields)

@@ -172,13 +172,18 @@ class Database:
         shuffle: bool | None = None,
         fields: Iterable[str] | None = None,
         rng: np.random.Generator | None = None,
+        indices: np.ndarray | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
-        """One pass over ``mode`` in batches; the arrays are reused, copy them to keep them."""
+        """One pass over ``mode`` (or its samples ``indices``) in batches; the arrays are reused, copy them to keep them."""
         shuffle = self.config.shuffle if shuffle is None else shuffle
         layout = self.fields(mode)
         names = list(fields) if fields is not None else list(layout)
-        count = self.count(mode)
-        order = (rng or np.random.default_rng()).permutation(count) if shuffle else np.arange(count)
+        if indices is None:
+            count = self.count(mode)
+            order = (rng or np.random.default_rng()).permutation(count) if shuffle else np.arange(count)
+        else:
+            count = len(indices)
+            order = (rng or np.random.default_rng()).permutation(indices) if shuffle else np.asarray(indices)
         gathers = {name: self.storage.reader(mode, name) for name in names}  # checks the files before allocating
         rows = min(batch_size, count)
         readers = [(name, gathers[name], np.empty((rows, *layout[name][1]), layout[name][0])) for name in names]

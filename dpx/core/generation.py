@@ -21,6 +21,7 @@ import numpy as np
 from dpx.core import parameters
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, as_record
 from dpx.core.database import Database
+from dpx.core.lifecycle import Lifecycle, check_disabled
 from dpx.core.preflight import (
     SetUp,
     check_batch_memory,
@@ -84,6 +85,7 @@ class DataGeneration:
         batch_size: int = 1,
         progress: bool | None = None,
         allow_changes: bool = False,
+        disable_plugins: tuple[str, ...] | list[str] = (),
     ) -> None:
         if not isinstance(batch_nb, int) or batch_nb < 0:
             raise ConfigError(f"DataGeneration: batch_nb={batch_nb!r} must be a non-negative integer")
@@ -95,6 +97,7 @@ class DataGeneration:
         self.batch_nb, self.batch_size = batch_nb, batch_size
         self.progress = progress
         self.allow_changes = allow_changes
+        self.disable_plugins = list(disable_plugins)
         self.session_path: Path | None = None
 
     @property
@@ -106,6 +109,7 @@ class DataGeneration:
         setup = SetUp()
         config, database_config = self.environment_config, self.database_config
         check_session_location("DataGeneration", self.session_dir, self.session_name)
+        check_disabled("DataGeneration", self.disable_plugins)
         check_environment(config, setup)
         if config.load_samples:
             raise ConfigError("EnvironmentConfig: load_samples=True feeds stored samples to the environments in "
@@ -129,26 +133,25 @@ class DataGeneration:
         total = self.batch_nb * self.batch_size
         # opened first: it drops a killed run's uncommitted tail, which makes room on a full disk
         database = Database(session.dataset_dir, self.database_config)
+        lifecycle = Lifecycle("DataGeneration", self.disable_plugins)
+        configs = {
+            "environment": as_record(self.environment_config),
+            "database": as_record(self.database_config),
+            "pipeline": {"batch_nb": self.batch_nb, "batch_size": self.batch_size},
+        }
         try:
-            session.record_run(
-                "DataGeneration",
-                {
-                    "environment": as_record(self.environment_config),
-                    "database": as_record(self.database_config),
-                    "pipeline": {"batch_nb": self.batch_nb, "batch_size": self.batch_size},
-                },
-                seed=seed,
-                mode=mode,
-                outcome="started",
-            )
+            session.record_run("DataGeneration", configs, seed=seed, mode=mode, run_id=lifecycle.run_id,
+                               joined_plugins=lifecycle.joined, outcome="started")
+            lifecycle.start(session.path, configs, seed)
         except BaseException:
             database.close()
             raise
+        on_stored = lifecycle.hook("dpx_batch_stored")
         sink = _WrongSampleSink(session.dataset_dir / "wrong_samples") if self.environment_config.record_wrong_samples else None
         runner = setup.runner_class(self.environment_config, key, on_wrong_sample=sink)
         progress = None
         produced = 0
-        outcome = "completed"
+        outcome, error = "completed", None
         full = False
         try:
             parameters.give(runner, session.dataset_dir)
@@ -168,6 +171,8 @@ class DataGeneration:
                         if first == start:
                             database.prepare(mode, {name: (a.dtype, a.shape[1:]) for name, a in batch.items()})
                         store.add(batch, len(ids))
+                        if on_stored is not None:
+                            on_stored(run=lifecycle.run, mode=mode, sample_ids=ids, batch=batch)
                         produced += len(ids)
                         progress.update(len(ids))
                 except BaseException as exc:
@@ -179,7 +184,7 @@ class DataGeneration:
             outcome, full = outcome_of(exc), True
             raise StorageFullError(f"{exc} ({session.resume_hint('DataGeneration')})") from None
         except BaseException as exc:
-            outcome = outcome_of(exc)
+            outcome, error = outcome_of(exc), exc
             raise
         finally:
             if progress is not None:
@@ -195,8 +200,10 @@ class DataGeneration:
                 if outcome == "interrupted":
                     log.warning("dpx: interrupted; %d %s samples are stored in %s: %s.", stored, mode,
                                 session.path, session.resume_hint("DataGeneration"))
+                if error is not None:
+                    lifecycle.end(outcome, None, error)
         stats = runner.stats
-        return GenerationSummary(
+        summary = GenerationSummary(
             session.path,
             mode,
             produced,
@@ -205,6 +212,8 @@ class DataGeneration:
             refused=stats.get("refused", 0),
             non_finite=stats.get("non_finite", 0),
         )
+        lifecycle.end(outcome, summary)
+        return summary
 
     def _open_session(self) -> Session:
         return Session.for_dataset(

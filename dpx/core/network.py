@@ -180,13 +180,16 @@ def find_trained_network(config: NetworkConfig, session_path: str | Path) -> Pat
         ) from None
 
 
-def checkpoint_path(network_dir: Path, name: str, epoch: int | None = None) -> Path:
-    """``network.pt`` for the last network, ``network_007.pt`` for epoch 7."""
-    return network_dir / (f"{name}.pt" if epoch is None else f"{name}_{epoch:03d}.pt")
+def checkpoint_path(network_dir: Path, name: str, epoch: int | str | None = None) -> Path:
+    """``network.pt`` for the last network, ``network_007.pt`` for epoch 7, ``network_best.pt`` for ``"best"``."""
+    if epoch is None:
+        return network_dir / f"{name}.pt"
+    return network_dir / (f"{name}_{epoch}.pt" if isinstance(epoch, str) else f"{name}_{epoch:03d}.pt")
 
 
-def find_checkpoint(location: str | Path, name: str, which: int = -1, label: str = "network_dir") -> Path:
-    """The saved network ``which`` (-1: the last) of a session or network folder (``label`` names it in errors)."""
+def find_checkpoint(location: str | Path, name: str, which: int | str = -1, label: str = "network_dir") -> Path:
+    """The saved network ``which`` (-1: the last, ``"best"``: the best) of a session or network folder
+    (``label`` names it in errors)."""
     folder = Path(location)
     if (folder / "network").is_dir():
         folder = folder / "network"
@@ -201,7 +204,7 @@ def find_checkpoint(location: str | Path, name: str, which: int = -1, label: str
         if path.exists():
             return path
     saved = sorted(p.name for p in folder.glob("*.pt"))
-    wanted = "the last network" if which == -1 else f"epoch {which}"
+    wanted = {-1: "the last network", "best": "the best network"}.get(which, f"epoch {which}")
     raise FileNotFoundError(
         f"{label}={str(location)!r}: {wanted} named {name!r} is not saved there; saved: {saved or 'nothing'}"
     )

@@ -48,6 +48,7 @@ import numpy as np
 from dpx.core import feeding, parameters
 from dpx.core.config import MODE_STREAMS, ConfigError, DatabaseConfig, EnvironmentConfig, NetworkConfig, as_record
 from dpx.core.database import Database, dataset_path
+from dpx.core.lifecycle import Lifecycle, check_disabled
 from dpx.core.network import FieldSpecs, NoNetworkError, find_trained_network
 from dpx.core.predictor import Predictor, check_network_shapes, load_network
 from dpx.core.preflight import SetUp, check_environment, check_partitions, check_session_location, check_storage
@@ -202,6 +203,7 @@ class Prediction:
         step_nb: int = -1,
         record: bool = False,
         progress: bool | None = None,
+        disable_plugins: tuple[str, ...] | list[str] = (),
     ) -> None:
         if not isinstance(step_nb, int) or (step_nb < 1 and step_nb != -1):
             raise ConfigError(f"Prediction: step_nb={step_nb!r} must be a positive integer or -1 (until interrupted)")
@@ -209,6 +211,7 @@ class Prediction:
         self.database_config = database_config or DatabaseConfig(mode="prediction")
         self.session_dir, self.session_name, self.new_session = session_dir, session_name, new_session
         self.step_nb, self.record, self.progress = step_nb, record, progress
+        self.disable_plugins = list(disable_plugins)
         self.session_path: Path | None = None
 
     def network_checkpoint(self) -> Path:
@@ -224,6 +227,7 @@ class Prediction:
         """Check the environment, load the trained network; nothing is written (see dpx.core.preflight)."""
         setup = SetUp()
         check_session_location("Prediction", self.session_dir, self.session_name)
+        check_disabled("Prediction", self.disable_plugins)
         check_environment(self.environment_config, setup)
         setup.checkpoint = self.network_checkpoint()
         setup.network = load_network(self.network_config, setup.checkpoint)
@@ -269,7 +273,7 @@ class Prediction:
         backend, specs = setup.network
         session = Session.start(self.session_dir, self.session_name, self.new_session)
         self.session_path = session.path
-        run = _Steps(self, session, backend, specs, setup.checkpoint)
+        run = _Steps(self, session, backend, specs, setup.checkpoint, Lifecycle("Prediction", self.disable_plugins))
         run.replayed = setup.dataset if self.environment_config.load_samples else None
         try:
             return run.predict(setup.runner_class)
@@ -280,8 +284,10 @@ class Prediction:
 class _Steps:
     """One execution of a Prediction: the checks before the first step, the steps, the recording."""
 
-    def __init__(self, pipeline: Prediction, session: Session, backend: Any, specs: FieldSpecs, checkpoint: Path):
+    def __init__(self, pipeline: Prediction, session: Session, backend: Any, specs: FieldSpecs, checkpoint: Path,
+                 lifecycle: Lifecycle):
         self.p, self.session, self.backend, self.specs, self.checkpoint = pipeline, session, backend, specs, checkpoint
+        self.lifecycle = lifecycle
         self.inputs, self.targets = pipeline.network_config.input_fields, pipeline.network_config.target_fields
         self.runner: Any = None
         self.database: Database | None = None
@@ -308,7 +314,9 @@ class _Steps:
         stream = MODE_STREAMS["prediction"]
         error, network_time, environment_time, steps, recorded = ErrorStats(), 0.0, 0.0, 0, 0
         step_nb = self.p.step_nb
-        outcome, run_recorded = "completed", False
+        outcome, run_recorded, failure, summary = "completed", False, None, None
+        lifecycle = self.lifecycle
+        on_step = lifecycle.hook("dpx_prediction_step_end")
         produce, apply, add_error, inputs = self.runner.produce, self.runner.apply, error.add, self.inputs
         if self.replayed is not None:
             produce, step_nb = self._replay(instances)
@@ -321,19 +329,22 @@ class _Steps:
                 environment_time += produced - started
                 if step == 0:
                     self._check_shapes({name: array.shape[1:] for name, array in batch.items()})
+                    configs = {"network": as_record(self.p.network_config), "environment": as_record(environment)}
                     self.session.record_run(
-                        "Prediction",
-                        {"network": as_record(self.p.network_config), "environment": as_record(environment)},
-                        seed=seed, checkpoint=str(self.checkpoint), step_nb=step_nb, record=self.p.record,
-                        **({"recording": self.recording} if self.recording else {}), outcome="started",
+                        "Prediction", configs, seed=seed, checkpoint=str(self.checkpoint), step_nb=step_nb,
+                        record=self.p.record, **({"recording": self.recording} if self.recording else {}),
+                        run_id=lifecycle.run_id, joined_plugins=lifecycle.joined, outcome="started",
                     )
                     run_recorded = True
+                    lifecycle.start(self.session.path, configs, seed)
                     self.progress = Progress(max(step_nb, 0), desc="predict", unit="step", enabled=self.p.progress,
                                              postfix=lambda: {"mse": f"{error.mse:.3g}"})
                     produced = clock()  # the first step's bookkeeping is neither network nor environment time
                 prediction = backend.predict({name: batch[name] for name in inputs})[target]
                 predicted = clock()
                 add_error(prediction, batch[target])
+                if on_step is not None:
+                    on_step(run=lifecycle.run, step=step, inputs={name: batch[name] for name in inputs}, prediction=prediction)
                 if self.database is not None:
                     recorded += self._record(step * instances, batch, prediction, target)
                 applying = clock()
@@ -347,12 +358,16 @@ class _Steps:
                 outcome = "interrupted"
                 raise
         except BaseException as exc:
-            outcome = outcome_of(exc)
+            outcome, failure = outcome_of(exc), exc
             raise
         finally:
             if run_recorded:  # a run refused before its first step is not recorded at all
                 self.session.finish_run(outcome, steps=steps, samples=recorded)
-        return PredictionSummary(self.session.path, steps, error, network_time, environment_time, recorded)
+            if failure is not None:
+                lifecycle.end(outcome, None, failure)
+        summary = PredictionSummary(self.session.path, steps, error, network_time, environment_time, recorded)
+        lifecycle.end(outcome, summary)
+        return summary
 
     def _replay(self, instances: int) -> tuple[Any, int]:
         """What replaces ``runner.produce`` with ``load_samples``: stored samples fed to the environments in

@@ -34,13 +34,25 @@ checkpoint, as if never interrupted:
   step appears once;
 * the root seed is the one the session's previous training recorded, unless
   the pipeline is given another.
+
+Around the loop, the run's lifecycle hooks (:mod:`dpx.hookspecs`) let installed
+plugins take part: one call per optimisation step (only when a plugin
+implements it), per epoch (where a plugin may stop the training), per saved
+checkpoint, and at the start and end. The training features users set by name
+ride on the same points: early stopping (``patience``, ``min_delta``) on the
+validation loss, the best network kept as ``network_best.pt``
+(``which_network="best"``), a seeded ``validation_split`` of the stored
+training samples, and the backend's learning-rate schedule stepped at every
+epoch's end.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +72,7 @@ from dpx.core.config import (
     as_record,
 )
 from dpx.core.database import Database
+from dpx.core.lifecycle import Lifecycle, check_disabled
 from dpx.core.network import (
     CheckpointError,
     check_network,
@@ -89,6 +102,8 @@ from dpx.core.session import Session, existing_dataset, outcome_of
 from dpx.core.stats import Stats
 
 log = logging.getLogger("dpx.training")
+#: The seed stream of the validation split (a stream of its own: the shuffles stay those of a run without it).
+SPLIT_STREAM = 7
 
 
 class TrainingError(RuntimeError):
@@ -110,6 +125,8 @@ class TrainingSummary:
     samples: int
     starved_steps: int = 0
     replayed_steps: int = 0
+    #: Why the training stopped before ``epoch_nb`` (early stopping or a plugin), else None.
+    stopped: str | None = None
 
     def __str__(self) -> str:
         text = (
@@ -120,6 +137,8 @@ class TrainingSummary:
             text += f", validation loss {self.validation_loss:.4g}"
         if self.replayed_steps or self.starved_steps:
             text += f"; {self.replayed_steps} steps replayed stored samples, {self.starved_steps} waited for data"
+        if self.stopped:
+            text += f"; stopped early: {self.stopped}"
         return f"{text}\nsession: {self.session_path}"
 
 
@@ -128,6 +147,14 @@ class Training:
 
     ``batch_nb=None`` means one full pass over the stored samples per epoch
     (it is required when an environment produces the data).
+
+    ``validation_split`` holds out that fraction of the stored training samples
+    (drawn with the run's seed, recorded in ``session.json``) as validation data
+    when the dataset has none. ``patience`` stops the training once the
+    validation loss (the training loss without validation data) has not
+    improved by more than ``min_delta`` for that many epochs. The best network
+    so far is kept as ``network_best.pt`` (``which_network="best"``).
+    ``disable_plugins`` names installed plugins that stay out of this run.
     """
 
     def __init__(
@@ -147,6 +174,10 @@ class Training:
         seed: int | None = None,
         progress: bool | None = None,
         allow_changes: bool = False,
+        validation_split: float = 0.0,
+        patience: int | None = None,
+        min_delta: float = 0.0,
+        disable_plugins: tuple[str, ...] | list[str] = (),
     ) -> None:
         for name, value, minimum in (("epoch_nb", epoch_nb, 1), ("batch_size", batch_size, 1)):
             if not isinstance(value, int) or value < minimum:
@@ -158,6 +189,15 @@ class Training:
         if environment_config is not None and batch_nb is None and not feeding.feeds_only(environment_config,
                                                                                            existing_dir):
             raise ConfigError("Training: batch_nb is required when an environment produces the data")
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+            raise ConfigError(f"Training: validation_split={validation_split!r} must be a fraction in [0, 1)")
+        if validation_split and environment_config is not None:
+            raise ConfigError("Training: validation_split splits a stored dataset; with an [environment], generate "
+                              "validation samples instead (DatabaseConfig(mode='validation'))")
+        if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
+            raise ConfigError(f"Training: patience={patience!r} must be a positive number of epochs or None")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or min_delta < 0:
+            raise ConfigError(f"Training: min_delta={min_delta!r} must be a non-negative number")
         self.network_config = network_config
         self.database_config = database_config or DatabaseConfig()
         self.environment_config = environment_config
@@ -168,6 +208,8 @@ class Training:
         self.seed = seed
         self.progress = progress
         self.allow_changes = allow_changes
+        self.validation_split, self.patience, self.min_delta = float(validation_split), patience, float(min_delta)
+        self.disable_plugins = list(disable_plugins)
         self.session_path: Path | None = None
 
     # -- set-up ------------------------------------------------------------------------
@@ -178,6 +220,7 @@ class Training:
         network = self.network_config
         check_session_location("Training", self.session_dir, self.session_name)
         check_stats_writers(self.stats_writers)
+        check_disabled("Training", self.disable_plugins)
         check_storage(self.database_config)
         existing = self.database_config.existing_dir
         source = existing_dataset(existing) if existing is not None else None
@@ -229,6 +272,9 @@ class Training:
                 "(python -m dpx generate ...) or give an [environment] to produce them while training"
             )
         setup.checked.append(f"dataset {dataset} ({count} training samples)")
+        if self.validation_split and not stored_fields(dataset, self.database_config, "validation")[1]:
+            held = held_out(count, self.validation_split)
+            setup.checked.append(f"validation split: {held} of them held out")
         setup.read("the dataset", dataset)
         return f"the dataset {dataset}"
 
@@ -294,35 +340,46 @@ class Training:
         environment_seed = environment_key = None
         if setup.runner_class is not None:
             environment_seed, environment_key = resolve_seed(setup.seed if setup.seed is not None else seed)
+        lifecycle = Lifecycle("Training", self.disable_plugins)
+        configs = {
+            "network": as_record(self.network_config),
+            "database": as_record(self.database_config),
+            "environment": as_record(self.environment_config) if self.environment_config else None,
+            "pipeline": {"epoch_nb": self.epoch_nb, "batch_nb": self.batch_nb, "batch_size": self.batch_size,
+                         "validation_split": self.validation_split, "patience": self.patience,
+                         "min_delta": self.min_delta},
+        }
+        run = _Run(self, session, database, seed, lifecycle)
         session.record_run(
             "Training",
-            {
-                "network": as_record(self.network_config),
-                "database": as_record(self.database_config),
-                "environment": as_record(self.environment_config) if self.environment_config else None,
-                "pipeline": {"epoch_nb": self.epoch_nb, "batch_nb": self.batch_nb, "batch_size": self.batch_size},
-            },
+            configs,
             seed=seed,
             environment_seed=environment_seed,
             checkpoint=str(checkpoint) if checkpoint else None,
+            **run.split_record(),
+            run_id=lifecycle.run_id,
+            joined_plugins=lifecycle.joined,
             outcome="started",
         )
-        run = _Run(self, session, database, seed)
-        outcome = "completed"
+        outcome, summary, error = "completed", None, None
         try:
+            lifecycle.start(session.path, configs, seed)
             if setup.runner_class is not None:
                 run.runner = setup.runner_class(self.environment_config, environment_key)
                 parameters.give(run.runner, database.path)
                 run.runner.start()
                 parameters.keep(run.runner, None if self._feeds_only else database.path)
-            return run.train(backend_class, checkpoint)
+            summary = run.train(backend_class, checkpoint)
+            return summary
         except BaseException as exc:
-            outcome = outcome_of(exc)
+            outcome, error = outcome_of(exc), exc
             raise
         finally:
             run.close()
             steps = run.progress.done - run.progress.initial if run.progress is not None else 0
-            session.finish_run(outcome, steps=steps, samples=run.samples)
+            stopped = {"stopped": summary.stopped} if summary is not None and summary.stopped else {}
+            session.finish_run(outcome, steps=steps, samples=run.samples, **stopped)
+            lifecycle.end(outcome, summary, error)
             if outcome == "interrupted":
                 log.warning("dpx: interrupted; the network of the last complete epoch is saved in %s: %s.",
                             session.network_dir, session.resume_hint("Training"))
@@ -331,8 +388,11 @@ class Training:
 class _Run:
     """The state of one execution of a Training pipeline."""
 
-    def __init__(self, pipeline: Training, session: Session, database: Database, seed: int) -> None:
+    def __init__(self, pipeline: Training, session: Session, database: Database, seed: int, lifecycle: Lifecycle) -> None:
         self.p = pipeline
+        self.lifecycle = lifecycle
+        #: Looked up once: with no plugin implementing it, a step pays one test of None.
+        self.on_step = lifecycle.hook("dpx_training_step_end")
         self.session, self.database = session, database
         self.config = pipeline.network_config
         self.seed = seed
@@ -347,6 +407,30 @@ class _Run:
         self.fields = self.config.input_fields + self.config.target_fields
         #: The first sample id the next producing epoch makes (what is stored before it stays).
         self.next_sample = self._stored()
+        #: With ``validation_split``: the stored training samples trained on, and those held out.
+        self.train_ids, self.validation_ids = self._split()
+        self.best = {"loss": math.inf, "epoch": -1, "waited": 0}
+
+    def _split(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The seeded hold-out of ``validation_split``, when the dataset has no validation samples."""
+        if not self.p.validation_split or self._count("validation"):
+            if self.p.validation_split:
+                log.info("dpx: the dataset has validation samples: validation_split=%s is not used", self.p.validation_split)
+            return None, None
+        count = self._stored()
+        held = held_out(count, self.p.validation_split)
+        order = np.random.default_rng([self.seed, SPLIT_STREAM]).permutation(count)
+        return np.sort(order[held:]), np.sort(order[:held])
+
+    def split_record(self) -> dict[str, Any]:
+        """What ``session.json`` records of the validation split (nothing without one)."""
+        if self.validation_ids is None:
+            return {}
+        return {"validation_split": {"fraction": self.p.validation_split, "validation_samples": len(self.validation_ids),
+                                     "training_samples": len(self.train_ids), "seed": self.seed, "stream": SPLIT_STREAM}}
+
+    def _count(self, mode: str) -> int:
+        return self.database.count(mode) if mode in self.database.modes else 0
 
     def train(self, backend_class: type, checkpoint: Path | None) -> TrainingSummary:
         first_epoch, extra, continuing = 0, None, False
@@ -360,6 +444,7 @@ class _Run:
                     self.step = int(extra.get("step", 0))
                     self.rng.bit_generator.state = extra["shuffle_rng"]
                     self.next_sample = int(extra.get("next_sample", self.next_sample))
+                    self.best = _best_state(extra.get("best"), self.best)
                 except (KeyError, TypeError, ValueError) as exc:
                     raise CheckpointError(f"{checkpoint}: the checkpoint's training state is unreadable ({exc!r})") from None
         self.stats = Stats(self.session.stats_dir, self.p.stats_writers, self.p.histograms)
@@ -381,7 +466,7 @@ class _Run:
         total = per_epoch * self.p.epoch_nb
         self.progress = Progress(total, desc="train", unit="batch", initial=per_epoch * first_epoch, enabled=self.p.progress,
                                  postfix=self._progress_figures)
-        epoch_loss, validation = math.nan, None
+        epoch_loss, validation, stopped, epochs = math.nan, None, None, 0
         start = time.perf_counter()
         for epoch in range(first_epoch, self.p.epoch_nb):
             losses = []
@@ -393,15 +478,44 @@ class _Run:
                 losses.append(self._train_batch(epoch, batch))
             epoch_loss = float(np.mean(losses)) if losses else math.nan
             validation = self._validation_loss()
-            self.stats.epoch(epoch, epoch_loss, validation)
+            metrics = self.stats.epoch(epoch, epoch_loss, validation)
             if self.p.histograms:
                 self.stats.parameters(epoch, self.backend.parameter_histograms())
-            self._save(epoch)
+            end_epoch = getattr(self.backend, "end_epoch", None)
+            if end_epoch is not None:  # e.g. a learning-rate schedule, saved with the checkpoint below
+                end_epoch(epoch_loss, validation)
+            improved = self._track_best(epoch, validation if validation is not None else epoch_loss)
+            self._save(epoch, best=improved)
+            epochs += 1
+            stopped = self._early_stop() or self.lifecycle.call(
+                "dpx_epoch_end", epoch=epoch, loss=epoch_loss, validation_loss=validation,
+                metrics={**metrics, "learning_rate": self.backend.learning_rate},
+            )
+            if stopped:
+                log.info("dpx: training stopped after epoch %d: %s", epoch, stopped)
+                break
         elapsed = time.perf_counter() - start
         return TrainingSummary(
-            self.session.path, self.p.epoch_nb - first_epoch, self.progress.done - self.progress.initial,
-            epoch_loss, validation, elapsed, self.samples, self.starved, self.replayed,
+            self.session.path, epochs, self.progress.done - self.progress.initial,
+            epoch_loss, validation, elapsed, self.samples, self.starved, self.replayed, str(stopped) if stopped else None,
         )
+
+    def _track_best(self, epoch: int, loss: float) -> bool:
+        """Whether ``loss`` beats the best so far by more than ``min_delta`` (the best network is then this one)."""
+        best = self.best
+        if math.isfinite(loss) and loss < best["loss"] - self.p.min_delta:
+            best.update(loss=loss, epoch=epoch, waited=0)
+            return True
+        best["waited"] += 1
+        return False
+
+    def _early_stop(self) -> str | None:
+        patience, best = self.p.patience, self.best
+        if patience is None or best["waited"] < patience:
+            return None
+        which = "validation loss" if self._has_validation() else "training loss"
+        return (f"the {which} has not improved by more than {self.p.min_delta:g} for {best['waited']} epochs "
+                f"(best {best['loss']:.4g} at epoch {best['epoch']})")
 
     def _stored(self) -> int:
         return self.database.count("training") if "training" in self.database.modes else 0
@@ -439,7 +553,7 @@ class _Run:
     def _batches_per_epoch(self) -> int:
         if self.p.batch_nb is not None:
             return self.p.batch_nb
-        count = self.database.count("training") if "training" in self.database.modes else 0
+        count = self._count("training") if self.train_ids is None else len(self.train_ids)
         if count == 0:
             raise TrainingError(f"the dataset {self.database.path} holds no training samples; generate data first")
         return math.ceil(count / self.p.batch_size)
@@ -465,7 +579,8 @@ class _Run:
     def _stored_batches(self, epoch: int, count: int) -> Iterator[dict[str, np.ndarray]]:
         """One pass over the stored samples; fed to the environments in the epochs ``load_samples`` says."""
         if self.runner is None or not feeding.feeds(self.p.environment_config, epoch):
-            return self.database.batches("training", self.p.batch_size, fields=self.fields, rng=self.rng)
+            return self.database.batches("training", self.p.batch_size, fields=self.fields, rng=self.rng,
+                                         indices=self.train_ids)
         order = self.rng.permutation(count) if self.p.database_config.shuffle else np.arange(count)
         return feeding.fed_batches(self.runner, self.database, "training", self.p.batch_size, self.fields, order)
 
@@ -519,7 +634,9 @@ class _Run:
         loss = float(metrics.pop("loss"))
         self.step += 1
         self.samples += len(next(iter(batch.values())))
-        self.stats.batch(self.step, loss, metrics, self.backend.learning_rate)
+        values = self.stats.batch(self.step, loss, metrics, self.backend.learning_rate)
+        if self.on_step is not None:
+            self.on_step(run=self.lifecycle.run, epoch=epoch, step=self.step, loss=loss, values=values)
         self.last_loss = loss
         self.progress.update(1)
         return loss
@@ -529,16 +646,21 @@ class _Run:
         online = {"replayed": self.replayed, "waited": self.starved} if self.feed is not None else {}
         return {"loss": f"{self.last_loss:.4g}", **online}
 
+    def _has_validation(self) -> bool:
+        return self.validation_ids is not None or self._count("validation") > 0
+
     def _validation_loss(self) -> float | None:
-        if "validation" not in self.database.modes or self.database.count("validation") == 0:
+        if not self._has_validation():
             return None
+        mode = "validation" if self.validation_ids is None else "training"
         losses, weights = [], []
-        for batch in self.database.batches("validation", self.p.batch_size, shuffle=False, fields=self.fields):
+        for batch in self.database.batches(mode, self.p.batch_size, shuffle=False, fields=self.fields,
+                                           indices=self.validation_ids):
             losses.append(self.backend.validation_loss(batch))
             weights.append(len(batch[self.fields[0]]))
         return float(np.average(losses, weights=weights))
 
-    def _save(self, epoch: int, last_good: bool = False) -> Path:
+    def _save(self, epoch: int, last_good: bool = False, best: bool = False) -> Path:
         extra = {
             "epoch": epoch,
             "step": self.step,
@@ -549,12 +671,22 @@ class _Run:
             "network_config": _jsonable(as_record(self.config)),
             "last_good": last_good,
             "stats": self.stats.state(),
+            "best": dict(self.best),
         }
-        network_dir = self.session.network_dir
-        path = checkpoint_path(network_dir, self.config.network_name)
+        network_dir, name = self.session.network_dir, self.config.network_name
+        path = checkpoint_path(network_dir, name)
         self.backend.save(path, extra)
+        self.lifecycle.call("dpx_checkpoint_saved", path=path, epoch=epoch, best=False)
         if self.config.save_each_epoch and epoch >= 0 and not last_good:
-            self.backend.save(checkpoint_path(network_dir, self.config.network_name, epoch), extra)
+            each = checkpoint_path(network_dir, name, epoch)
+            self.backend.save(each, extra)
+            self.lifecycle.call("dpx_checkpoint_saved", path=each, epoch=epoch, best=False)
+        if best:  # a copy of the file just written: cheaper than saving again
+            best_path = checkpoint_path(network_dir, name, "best")
+            tmp = best_path.with_suffix(".tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, best_path)
+            self.lifecycle.call("dpx_checkpoint_saved", path=best_path, epoch=epoch, best=True)
         return path
 
     def close(self) -> None:
@@ -567,6 +699,22 @@ class _Run:
         if self.stats is not None:
             self.stats.close()
         self.database.close()
+
+
+def held_out(count: int, fraction: float) -> int:
+    """How many of ``count`` samples ``validation_split=fraction`` holds out; both parts must keep one or more."""
+    held = round(count * fraction)
+    if held < 1 or held >= count:
+        raise ConfigError(f"Training: validation_split={fraction} of {count} training samples leaves {held} for "
+                          f"validation and {count - held} to train on; both need one or more")
+    return held
+
+
+def _best_state(saved: Any, default: dict[str, Any]) -> dict[str, Any]:
+    """The best-network record of a checkpoint (untrusted), or ``default`` for an older checkpoint."""
+    if saved is None:
+        return default
+    return {"loss": float(saved["loss"]), "epoch": int(saved["epoch"]), "waited": int(saved["waited"])}
 
 
 def _epoch_of(extra: dict | None) -> int:

@@ -14,3 +14,16 @@ def dpx_environments():
             "dpx_pendulum.env:DampedPendulum", "a damped pendulum: (angle, velocity, length) -> next angle"
         ),
     }
+
+
+FIELDS = """input: angle (rad), angular velocity (rad/s), length (m) at the start
+ground_truth: angle (rad) dt seconds later (dt: see session.json, env_kwargs)
+"""
+
+
+@dpx.hookimpl
+def dpx_run_start(run):
+    """A lifecycle hook: sessions of pendulum samples say what their numbers mean."""
+    environment = run.configs.get("environment") or {}
+    if run.pipeline == "DataGeneration" and environment.get("environment_class") == "pendulum.damped":
+        (run.session_path / "FIELDS.txt").write_text(FIELDS)

@@ -15,7 +15,7 @@ from dpx.core.config import ConfigError, NetworkConfig
 from dpx.core.network import CheckpointError, build_with_kwargs, check_kwargs
 from dpx.core.training import NonFiniteLossError
 from dpx_torch.network import Network, default_device
-from dpx_torch.optimization import Optimization, build_loss, build_optimizer
+from dpx_torch.optimization import Optimization, build_loss, build_optimizer, build_scheduler
 from dpx_torch.transformation import DataTransformation
 
 ARCHITECTURES = {"fc": "dpx_torch.fc:FC", "unet": "dpx_torch.unet:UNet"}
@@ -141,7 +141,7 @@ class TorchBackend:
         _resolve_class(config.optimization, Optimization, "optimization")
         if config.require_training_stuff:
             build_loss(config)
-            build_optimizer(config, [torch.nn.Parameter(torch.zeros(1))])
+            build_scheduler(config, build_optimizer(config, [torch.nn.Parameter(torch.zeros(1))]))
 
     # -- shapes ------------------------------------------------------------------------
 
@@ -194,10 +194,12 @@ class TorchBackend:
         prediction, ground_truth = self._forward(batch)
         losses = self.optimization.transform_loss(self.optimization.compute_loss(prediction, ground_truth))
         loss = losses["loss"]
-        value = float(loss.detach())
+        value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(f"the loss is {value}")
         self.optimization.optimize(loss)
+        if len(losses) == 1:  # the common case, without building a second dict
+            return {"loss": value}
         return {"loss": value, **{k: float(v) for k, v in losses.items() if k != "loss"}}
 
     def validation_loss(self, batch: dict[str, np.ndarray]) -> float:
@@ -220,6 +222,12 @@ class TorchBackend:
             prediction = self._denormalize(self.target_field, prediction)
         return {self.target_field: Network.tensor_to_numpy(prediction)}
 
+    def end_epoch(self, loss: float, validation_loss: float | None) -> None:
+        """Called by the Training pipeline after each epoch: moves the learning-rate schedule."""
+        end_epoch = getattr(self.optimization, "end_epoch", None)
+        if end_epoch is not None:
+            end_epoch(loss, validation_loss)
+
     @property
     def learning_rate(self) -> float | None:
         return self.optimization.learning_rate if self.optimization is not None else None
@@ -238,6 +246,9 @@ class TorchBackend:
 
     # -- checkpoints -------------------------------------------------------------------
 
+    def _scheduler(self) -> Any:
+        return getattr(self.optimization, "scheduler", None)
+
     def save(self, path: Path, extra: dict[str, Any]) -> None:
         """Write the checkpoint next to its final name, then rename: a crash never leaves half a file."""
         checkpoint = {
@@ -247,6 +258,7 @@ class TorchBackend:
             "shapes": {"input": list(self.input_shape), "target": list(self.target_shape)},
             "state_dict": self.network.state_dict(),
             "optimizer": self.optimization.optimizer.state_dict() if self.optimization else None,
+            "scheduler": self._scheduler().state_dict() if self._scheduler() is not None else None,
             "torch_rng": torch.get_rng_state(),
             "extra": extra,
         }
@@ -304,4 +316,7 @@ class TorchBackend:
         if training and self.optimization is not None and checkpoint.get("optimizer"):
             self.optimization.optimizer.load_state_dict(checkpoint["optimizer"])
             torch.set_rng_state(checkpoint["torch_rng"])
+            scheduler = self._scheduler()
+            if scheduler is not None and isinstance(checkpoint.get("scheduler"), dict):
+                scheduler.load_state_dict(checkpoint["scheduler"])
         return checkpoint["extra"]

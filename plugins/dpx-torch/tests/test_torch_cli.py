@@ -26,7 +26,7 @@ def test_generate_train_predict_from_the_examples(tmp_path):
     assert predicted.returncode == 0, predicted.stderr
     assert "20 prediction steps; error against the simulator: MSE" in predicted.stdout
     info = json.loads(dpx_cli("info", "sessions/spring_fc", "--json", cwd=tmp_path).stdout)
-    assert info["networks"] == ["network.pt"] and info["dataset"]["prediction"]["count"] == 20
+    assert info["networks"] == ["network.pt", "network_best.pt"] and info["dataset"]["prediction"]["count"] == 20
 
 
 def test_train_dry_run_and_errors(tmp_path):

@@ -111,7 +111,7 @@ def test_save_each_epoch_and_which_network(tmp_path):
     config = dpx.NetworkConfig("fc", network_kwargs={"hidden": [8]}, save_each_epoch=True)
     summary = train(tmp_path, dataset, config, epoch_nb=3).execute()
     saved = sorted(p.name for p in (summary.session_path / "network").glob("*.pt"))
-    assert saved == ["network.pt", "network_000.pt", "network_001.pt", "network_002.pt"]
+    assert saved == ["network.pt", "network_000.pt", "network_001.pt", "network_002.pt", "network_best.pt"]
     first = dpx.NetworkConfig("fc", network_kwargs={"hidden": [8]}, network_dir=str(summary.session_path), which_network=0)
     predictions, _ = replay(dataset, first, mode="training")
     last, _ = replay(dataset, dpx.NetworkConfig("fc", network_kwargs={"hidden": [8]}, network_dir=str(summary.session_path)), mode="training")
