@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dpx.core.config import ConfigError, NetworkConfig
-from dpx.core.network import FieldSpecs, NoNetworkError, find_checkpoint
+from dpx.core.network import FieldSpecs, NoNetworkError, checkpoint_path, find_checkpoint
 from dpx.core.prediction import _sha256
 from dpx.core.predictor import load_network, saved_config
 
@@ -106,10 +106,10 @@ def _checkpoint(session: Path, name: str, which: int | str) -> Path:
     try:
         return find_checkpoint(session, name, epoch, "session")
     except (FileNotFoundError, ValueError, TypeError) as exc:
-        if which == "best":  # kept by trainings that track a validation loss
+        if which == "best":  # every training keeps one; a session's files may have been pruned by hand
             raise NoNetworkError(
-                f"session {str(session)!r} records no best network (trainings with a validation set "
-                "keep one); export the last one (--which last) or an epoch (--which N)"
+                f"session {str(session)!r} holds no best network ({checkpoint_path(Path(), name, 'best')}); "
+                "export the last one (--which last) or an epoch (--which N)"
             ) from None
         raise NoNetworkError(f"no trained network to export: {exc}; train first (dpx train)") from None
 

@@ -13,6 +13,7 @@ element-wise ratio is meaningless where an output crosses zero.
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -24,7 +25,6 @@ import dpx
 from dpx.cli import main
 from dpx.core.config import ConfigError
 from dpx.core.export import ExportError, export
-from dpx.core.network import NoNetworkError
 from dpx.core.prediction import replay
 from dpx_torch.export import read_metadata
 from dpx_torch.network import Network
@@ -211,13 +211,17 @@ def test_command_line_export_and_its_mistakes(spring, tmp_path, capsys):
     assert "exists" in refused(str(spring), "--format", "onnx", "--out", str(out))
     assert (out / "network.onnx").read_bytes() == written  # what was there is untouched
     assert "epoch 7" in refused(str(spring), "--which", "7", "--format", "onnx", "--out", str(tmp_path / "e7"))
-    assert "no best network" in refused(str(spring), "--which", "best", "--format", "onnx", "--out", str(tmp_path / "b"))
+    assert main(["export", str(spring), "--which", "best", "--format", "onnx", "--out", str(tmp_path / "b")]) == 0
+    assert read_metadata(tmp_path / "b" / "network.onnx")["network"]["checkpoint"] == "network_best.pt"
+    pruned = shutil.copytree(spring, tmp_path / "pruned", symlinks=True)
+    (pruned / "network" / "network_best.pt").unlink()
+    assert "no best network" in refused(str(pruned), "--which", "best", "--format", "onnx", "--out", str(tmp_path / "b2"))
     assert "unknown exporter 'tflite'" in refused(str(spring), "--format", "tflite", "--out", str(tmp_path / "t"))
     empty = tmp_path / "empty"
     dpx.DataGeneration(dpx.EnvironmentConfig("toy.spring", seed=0), dpx.DatabaseConfig(), session_dir=str(tmp_path),
                        session_name="empty", batch_nb=1, batch_size=8, progress=False).execute()
     assert "no trained network" in refused(str(empty), "--format", "onnx")
-    assert not (empty / "export").exists() and not (tmp_path / "e7").exists() and not (tmp_path / "b").exists()
+    assert not (empty / "export").exists() and not (tmp_path / "e7").exists() and not (tmp_path / "b2").exists()
     # a class the checkpoint names by import path is not imported from it
     assert "import path" in refused(str(spring.parent / "DataDependent"), "--format", "onnx", "--out", str(tmp_path / "dd"))
     assert not (tmp_path / "dd").exists()
@@ -233,8 +237,6 @@ def test_an_epoch_is_exported_by_number(spring, tmp_path):
 def test_python_export_mistakes(spring, tmp_path):
     with pytest.raises(ConfigError, match="which='first' must be 'last', 'best' or an epoch number"):
         export(spring, "onnx", which="first")
-    with pytest.raises(NoNetworkError, match="no best network"):
-        export(spring, "onnx", which="best")
     with pytest.raises(ExportError, match="aoti='yes' must be true, false"):
         export(spring, "pt2", out=tmp_path / "x", exporter_kwargs={"aoti": "yes"})
     with pytest.raises(ConfigError, match="exporter_kwargs=.'aot': False. rejected by format 'pt2'"):
