@@ -31,6 +31,9 @@ _LAZY = {
     "Database": "dpx.core.database",
     "open_database": "dpx.core.database",
     "Session": "dpx.core.session",
+    "Parameter": "dpx.core.space",
+    "ParameterSpace": "dpx.core.space",
+    "ParameterError": "dpx.core.space",
 }
 
 __all__ = ["Component", "PluginUnavailable", "hookimpl", "__version__", *_LAZY]
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     from dpx.core.predictor import Predictor, load_predictor
     from dpx.core.training import Training
     from dpx.core.session import Session
+    from dpx.core.space import Parameter, ParameterError, ParameterSpace
 
 
 _SUBMODULES = ("checks", "testing", "plugins")

@@ -196,6 +196,12 @@ def _info(args: argparse.Namespace) -> int:
             print(line)
     if not description["dataset"]:
         print("  dataset: empty")
+    if description["parameters"]:
+        print("  sample parameters (field 'parameters', in this order):")
+        for p in description["parameters"]:
+            kind = " integer" if p.get("integer") else ""
+            drawn = f" {p['distribution']}(mean {p['mean']:.4g}, std {p['std']:.4g})" if p.get("distribution") else ""
+            print(f"    {p['name']:16s} [{p['low']:.4g}, {p['high']:.4g}] {p['scale']}{kind}{drawn}")
     networks = description["networks"]
     print(f"  networks: {', '.join(networks) if networks else 'none saved'}")
     return 0

@@ -94,7 +94,21 @@ def prepare_environment(environment: Any, seed: int = 0) -> Any:
     environment.create()
     environment.init()
     environment.init_database()
+    if len(environment.parameter_space):  # each step() draws its parameters first, as a pipeline would
+        environment.step = _DrawThenStep(environment)
     return environment
+
+
+class _DrawThenStep:
+    """``step()`` of an environment with parameters outside a pipeline: draw them, then step
+    (a class, not a closure, so the environment still pickles)."""
+
+    def __init__(self, environment: Any) -> None:
+        self.environment = environment
+
+    def __call__(self) -> Any:
+        self.environment.draw_parameters()
+        return type(self.environment).step(self.environment)  # a coroutine for an async step, awaited by the caller
 
 
 def assert_light_import(module: str, heavy: Iterable[str] = HEAVY_MODULES) -> None:

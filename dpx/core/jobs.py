@@ -106,8 +106,10 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     session = Session(dataset_dir.parent if dataset_dir.name == "dataset" else path)
     runs = [_describe_run(run) for run in session.read_record().get("runs", [])]
     dataset: dict[str, Any] = {}
+    parameters: list[dict[str, Any]] = []
     if (dataset_dir / "dataset.json").exists() or (dataset_dir / "dataset.json.prev").exists():
         with open_database(dataset_dir) as database:
+            parameters = database.parameter_space.describe()
             normalization = database.normalization
             for mode in database.modes:
                 fields = {}
@@ -118,7 +120,7 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
                 dataset[mode] = {"count": database.count(mode), "fields": fields}
     network_dir = session.path / "network"
     networks = sorted(p.name for p in network_dir.iterdir()) if network_dir.is_dir() else []
-    return {"path": str(session.path), "runs": runs, "dataset": dataset, "networks": networks}
+    return {"path": str(session.path), "runs": runs, "dataset": dataset, "parameters": parameters, "networks": networks}
 
 
 def _describe_run(run: dict[str, Any]) -> str:
@@ -126,6 +128,8 @@ def _describe_run(run: dict[str, Any]) -> str:
     text = f"{run['pipeline']} {run['started']} seed={run.get('seed')}"
     if run.get("mode"):
         text += f" mode={run['mode']}"
+    if isinstance(run.get("sampler"), dict):
+        text += f" sampler={run['sampler'].get('name')}"
     counts = []
     if "produced" in run:
         counts.append(f"+{run['produced']} samples ({run.get('samples')} stored)")

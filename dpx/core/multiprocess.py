@@ -376,8 +376,10 @@ class MultiprocessRunner(RemoteRunner):
                 try:
                     # ids travel as one raw int64 buffer: a JSON list costs ~1 µs an id to build
                     ids = np.ascontiguousarray(sample_ids[chunk[0]:chunk[1]], dtype=np.int64)
-                    worker.channel.send({"type": "produce", "ids": ids, "stream": stream},
-                                        worker.since + self.options.timeout)
+                    request = {"type": "produce", "ids": ids, "stream": stream}
+                    if self.chunk_parameters is not None:
+                        request["parameters"] = self.chunk_parameters[chunk[0]:chunk[1]]
+                    worker.channel.send(request, worker.since + self.options.timeout)
                 except OSError as exc:
                     self._recover(_Failure(worker, self._exit_status(worker, exc)), pending, idle)
                     continue

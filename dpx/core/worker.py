@@ -91,7 +91,7 @@ def _loop(channel: transport.Channel, producer: Any, refused: list[dict[str, Any
         kind = request["type"]
         if kind == "produce":
             ids = np.asarray(request["ids"], dtype=np.int64)
-            arrays = producer.produce(ids, request["stream"])
+            arrays = producer.produce(ids, request["stream"], request.get("parameters"))
             message = {"type": "samples", "arrays": arrays, "stats": vars(producer.stats)}
             if refused:  # samples check_sample refused, for record_wrong_samples
                 message["refused"] = refused[:]

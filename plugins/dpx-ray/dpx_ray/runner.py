@@ -150,9 +150,9 @@ class EnvironmentActor:
         self.producer.env._connect(predictor=None if mailbox is None else ask)
         return {}
 
-    def produce(self, sample_ids: np.ndarray, stream: int) -> dict[str, Any]:
+    def produce(self, sample_ids: np.ndarray, stream: int, parameters: np.ndarray | None = None) -> dict[str, Any]:
         try:
-            arrays = self.producer.produce(np.asarray(sample_ids, dtype=np.int64), stream)
+            arrays = self.producer.produce(np.asarray(sample_ids, dtype=np.int64), stream, parameters)
             return self._reply(arrays=arrays, stats=vars(self.producer.stats))
         except Exception as exc:
             return describe_failure(exc)
@@ -386,7 +386,8 @@ class RayRunner(RemoteRunner):
             for slot in self.slots:  # one chunk per actor at a time: a faster actor takes more chunks
                 if pending and slot.ref is None and (not pinned or pending[0][0] == slot.instance_id):
                     first, last = pending.popleft()
-                    slot.call(slot.actor.produce.remote(sample_ids[first:last], stream), (first, last))
+                    parameters = None if self.chunk_parameters is None else self.chunk_parameters[first:last]
+                    slot.call(slot.actor.produce.remote(sample_ids[first:last], stream, parameters), (first, last))
             busy = [slot for slot in self.slots if slot.ref is not None]
             if not busy:
                 return
