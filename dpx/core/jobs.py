@@ -37,13 +37,16 @@ SECTIONS = {
     "generate": ("environment", "database", "pipeline"),
     "train": ("environment", "database", "network", "pipeline"),
     "predict": ("environment", "database", "network", "pipeline"),
+    "learn": ("environment", "database", "network", "pipeline"),
 }
-REQUIRED = {"generate": ("environment",), "train": ("network",), "predict": ("environment", "network")}
+REQUIRED = {"generate": ("environment",), "train": ("network",), "predict": ("environment", "network"),
+            "learn": ("environment",)}
 
 
 def build_job(kind: str, path: str | os.PathLike, overrides: list[str], progress: bool | None = None) -> Any:
     """The pipeline (DataGeneration, Training or Prediction) a job file describes."""
     from dpx.core.generation import DataGeneration
+    from dpx.core.learning import ActiveLearning
     from dpx.core.prediction import Prediction
     from dpx.core.training import Training
 
@@ -63,7 +66,7 @@ def build_job(kind: str, path: str | os.PathLike, overrides: list[str], progress
         if section in data:
             pipeline[argument] = from_mapping(cls, data[section], f"{path} [{section}]")
     pipeline["progress"] = progress
-    pipeline_class = {"generate": DataGeneration, "train": Training, "predict": Prediction}[kind]
+    pipeline_class = {"generate": DataGeneration, "train": Training, "predict": Prediction, "learn": ActiveLearning}[kind]
     return from_mapping(pipeline_class, pipeline, f"{path} [pipeline]")
 
 
@@ -75,6 +78,7 @@ SECTION_OF = {
     "DataGeneration": "pipeline",
     "Training": "pipeline",
     "Prediction": "pipeline",
+    "ActiveLearning": "pipeline",
 }
 
 
