@@ -55,6 +55,10 @@ def test_random_draws_are_uniform_and_independent_of_the_order_of_ids():
     values = sampler.at(np.arange(20_000))
     assert abs(values.mean() - 0.5) < 0.01 and abs(values.std() - np.sqrt(1 / 12)) < 0.01
     assert abs(np.corrcoef(values.T)[0, 1]) < 0.03
+    wide = ParameterSpace([Parameter(f"p{i}", 0.0, 1.0) for i in range(8)])  # several state rows per sample
+    columns = RandomSampler(wide, seed=3).at(np.arange(20_000))
+    assert np.allclose(columns.mean(axis=0), 0.5, atol=0.01) and np.allclose(columns.std(axis=0), np.sqrt(1 / 12), atol=0.01)
+    assert np.abs(np.corrcoef(columns.T) - np.eye(8)).max() < 0.03
     scattered = np.array([19_999, 7, 4_500, 7])
     assert np.array_equal(RandomSampler(UNIT, seed=3).at(scattered), values[scattered])
 

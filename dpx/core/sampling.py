@@ -29,8 +29,9 @@ from dpx.core.space import ParameterError, ParameterSpace
 #: Added to a dataset mode's stream number for the parameter draws of the ``random`` sampler:
 #: they never share a state with the environment's own ``rng``.
 PARAMETER_STREAM = 1 << 30
-#: Uniforms one SFC64-sized state row yields (its four 64-bit words).
-WORDS = 4
+#: Uniforms one state row yields: its three mixed 64-bit words (the fourth, SFC64's counter, is the
+#: same for every id).
+WORDS = 3
 
 
 class PositionalSampler:
@@ -102,7 +103,7 @@ class RandomSampler(PositionalSampler):
         return self._ahead[ids - self._ahead_first]
 
     def _draw(self, ids: np.ndarray) -> np.ndarray:
-        """Uniforms in [0, 1) from the per-id states, 53 bits each, four per state row."""
+        """Uniforms in [0, 1) from the per-id states, 53 bits each, three per state row."""
         columns = []
         for block in range(self.blocks):
             words = self.rng.states(ids.astype(np.uint64), PARAMETER_STREAM + self.stream, block)[:, :WORDS]
