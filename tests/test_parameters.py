@@ -199,3 +199,25 @@ def test_a_bad_sampler_option_is_one_line_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="sampler='sobolx'"):
         pipeline.prepare()
     assert not any(tmp_path.iterdir())
+
+
+def test_resuming_with_another_sampler_is_refused(tmp_path):
+    generate(tmp_path, name="s", batch_nb=1, sampler="sobol", new_session=False)
+    with pytest.raises(ConfigError, match=r"sampler='halton'.*holds samples of sampler='sobol'"):
+        generate(tmp_path, name="s", batch_nb=2, sampler="halton", new_session=False)
+    assert stored(tmp_path / "s")["parameters"].shape == (8, 5)
+
+
+class Reversed(dpx.Environment):
+    def __init__(self, high: float = 0.0):
+        self.define_parameters(Parameter("stiffness", 1.0, high))
+
+    def step(self):
+        self.set_training_data(input=np.zeros(1), ground_truth=np.zeros(1))
+
+
+def test_a_badly_declared_parameter_is_one_line_naming_it(tmp_path):
+    pipeline = dpx.DataGeneration(dpx.EnvironmentConfig(Reversed), session_dir=str(tmp_path), progress=False)
+    with pytest.raises(ConfigError, match=r"rejected by .*Reversed: parameter 'stiffness': low=1 is above high=0"):
+        pipeline.prepare()
+    assert not any(tmp_path.iterdir())

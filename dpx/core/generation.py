@@ -31,7 +31,7 @@ from dpx.core.preflight import (
     check_storage,
 )
 from dpx.core.producer import resolve_seed
-from dpx.core.sampling import DEFAULT_SAMPLER, ask_checked, build_sampler, sampler_seed
+from dpx.core.sampling import DEFAULT_SAMPLER, ask_checked, build_sampler, check_same_sampler, sampler_seed
 from dpx.core.space import PARAMETER_SPACE_KEY
 from dpx.core.progress import Progress
 from dpx.core.session import Session, existing_dataset, outcome_of
@@ -123,6 +123,9 @@ class DataGeneration:
         if self.sampler != DEFAULT_SAMPLER or len(setup.space):
             build_sampler("DataGeneration", self.sampler, setup.space, 0, self._total, self.sampler_kwargs)
             setup.checked.append(f"sampler {self.sampler} over {', '.join(setup.space.names)}")
+            if dataset is not None and dataset.name == "dataset" and not self.allow_changes:
+                check_same_sampler(Session(dataset.parent).last_producing_run(self.mode), self.sampler,
+                                   self.sampler_kwargs, dataset)
         return setup
 
     @property

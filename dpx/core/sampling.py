@@ -240,3 +240,18 @@ def build_sampler(owner: str, name: str, space: ParameterSpace, seed: int | None
 def ask_checked(sampler: Any, name: str, space: ParameterSpace, count: int) -> np.ndarray:
     """``sampler.ask(count)``, checked against ``space`` (unknown names, bounds, shape)."""
     return space.as_values(sampler.ask(count), count, who=f"sampler {name!r}")
+
+
+def check_same_sampler(previous: dict[str, Any] | None, name: str, sampler_kwargs: dict[str, Any], where: Any) -> None:
+    """Refuse to extend a dataset with another sampler than the one its samples came from: the
+    sequence would not continue (``allow_changes`` skips this check)."""
+    from dpx.core.config import ConfigError
+
+    recorded = (previous or {}).get("sampler")
+    if not isinstance(recorded, dict):
+        return
+    if recorded.get("name") != name or (recorded.get("kwargs") or {}) != sampler_kwargs:
+        raise ConfigError(
+            f"DataGeneration: sampler={name!r} with sampler_kwargs={sampler_kwargs!r}, but the dataset {where} holds "
+            f"samples of sampler={recorded.get('name')!r} with sampler_kwargs={recorded.get('kwargs') or {}!r}: "
+            "resume with the recorded sampler, start a new session, or pass --allow-changes to mix them")
