@@ -149,6 +149,12 @@ class Database:
     def commit(self) -> None:
         self.storage.commit(force=True)
 
+    def record_parameter_space(self, space: Any) -> None:
+        """Keep the names and bounds of the ``parameters`` field's columns with the data (see :attr:`parameter_space`)."""
+        from dpx.core.space import PARAMETER_SPACE_KEY
+
+        self.storage.commit(force=True, metadata={PARAMETER_SPACE_KEY: space.describe()})
+
     # -- reading -----------------------------------------------------------------------
 
     @property

@@ -32,7 +32,6 @@ from dpx.core.preflight import (
 )
 from dpx.core.producer import resolve_seed
 from dpx.core.sampling import DEFAULT_SAMPLER, ask_checked, build_sampler, check_same_sampler, sampler_seed
-from dpx.core.space import PARAMETER_SPACE_KEY
 from dpx.core.progress import Progress
 from dpx.core.session import Session, existing_dataset, outcome_of
 from dpx.core.storage import StorageError, StorageFullError
@@ -194,7 +193,7 @@ class DataGeneration:
                         if first == start:
                             database.prepare(mode, {name: (a.dtype, a.shape[1:]) for name, a in batch.items()})
                             if len(space):
-                                database.storage.commit(force=True, metadata={PARAMETER_SPACE_KEY: space.describe()})
+                                database.record_parameter_space(space)
                         store.add(batch, len(ids))
                         produced += len(ids)
                         progress.update(len(ids))

@@ -22,7 +22,6 @@ scores, the simulations spent and the validation error. Running it again with
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -36,10 +35,8 @@ from dpx.core.database import Database
 from dpx.core.preflight import SetUp, available_memory, check_environment, check_session_location
 from dpx.core.producer import resolve_seed
 from dpx.core.sampling import ask_checked, build_sampler, sampler_seed
-from dpx.core.session import Session
-from dpx.core.space import PARAMETER_SPACE_KEY, PARAMETERS_FIELD, ParameterSpace
-
-log = logging.getLogger("dpx.learning")
+from dpx.core.session import Session, outcome_of
+from dpx.core.space import PARAMETERS_FIELD, ParameterSpace
 
 #: Candidates whose ensemble predictions are held at once while scoring a pool.
 SCORE_CHUNK = 4096
@@ -206,8 +203,6 @@ class ActiveLearning:
             run.runner.start()
             run.loop()
         except BaseException as exc:
-            from dpx.core.session import outcome_of
-
             outcome = outcome_of(exc)
             raise
         finally:
@@ -279,7 +274,7 @@ class _Loop:
         ids = np.arange(first, first + len(parameters))
         batch = self.runner.produce(ids, MODE_STREAMS[mode], parameters=parameters)
         self.database.prepare(mode, {name: (a.dtype, a.shape[1:]) for name, a in batch.items()})
-        self.database.storage.commit(force=True, metadata={PARAMETER_SPACE_KEY: self.space.describe()})
+        self.database.record_parameter_space(self.space)
         self.database.append(mode, batch)
 
     # -- the ensemble --------------------------------------------------------------------
