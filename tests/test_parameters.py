@@ -221,3 +221,11 @@ def test_a_badly_declared_parameter_is_one_line_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"rejected by .*Reversed: parameter 'stiffness': low=1 is above high=0"):
         pipeline.prepare()
     assert not any(tmp_path.iterdir())
+
+
+def test_training_fields_stay_first_when_parameters_are_declared_before_them():
+    from dpx_toy.spring import Spring
+
+    spring = Spring()
+    spring.init_database()
+    assert list(spring.fields) == ["input", "ground_truth", "parameters", "next_velocity"]

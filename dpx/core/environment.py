@@ -178,6 +178,8 @@ class Environment:
         parsed = [Field.parse(spec, training=True) for spec in _flatten(specs, fields)]
         self._fields = {name: f for name, f in self.fields.items() if not f.training}
         self._add_fields(parsed)
+        # training fields first, as documented, also after define_parameters() in __init__
+        self._fields = dict(sorted(self._fields.items(), key=lambda item: not item[1].training))
 
     def define_additional_fields(self, *specs: Any, fields: Any = None) -> None:
         """Declare extra fields stored with each sample but not fed to the network."""
