@@ -113,6 +113,8 @@ def test_outside_a_pipeline_parameters_are_drawn_explicitly():
     env.init_database()
     with pytest.raises(RuntimeError, match="draw_parameters"):
         env.sample_parameters["stiffness"]
+    with pytest.raises(RuntimeError, match="draw_parameters"):
+        env.sample_parameters.array
     env = prepare_environment(Echo(), seed=3)
     env.step()
     first = env.sample["input"].copy()

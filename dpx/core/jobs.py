@@ -132,7 +132,7 @@ def _describe_run(run: dict[str, Any]) -> str:
     text = f"{run['pipeline']} {run['started']} seed={run.get('seed')}"
     if run.get("mode"):
         text += f" mode={run['mode']}"
-    if isinstance(run.get("sampler"), dict):
+    if isinstance(run.get("sampler"), dict) and run["sampler"].get("name") != "random":
         text += f" sampler={run['sampler'].get('name')}"
     counts = []
     if "produced" in run:

@@ -257,17 +257,26 @@ class ParameterValues(Mapping[str, float]):
     copy what must outlive ``step()``.
     """
 
-    __slots__ = ("space", "array")
+    __slots__ = ("space", "_array")
 
     def __init__(self, space: ParameterSpace, array: np.ndarray | None = None) -> None:
         self.space = space
-        #: The vector, None until a pipeline or :meth:`dpx.Environment.draw_parameters` sets it.
-        self.array = array
+        self._array = array
 
-    def __getitem__(self, name: str) -> float:
-        if self.array is None:
+    @property
+    def array(self) -> np.ndarray:
+        """The vector (float64, declaration order); a RuntimeError until a pipeline or
+        :meth:`dpx.Environment.draw_parameters` sets it."""
+        if self._array is None:
             raise RuntimeError("no parameters were drawn for this sample: a pipeline sets them before step(); "
                                "outside one, call draw_parameters() first (dpx.testing.prepare_environment does)")
+        return self._array
+
+    @array.setter
+    def array(self, values: np.ndarray) -> None:
+        self._array = values
+
+    def __getitem__(self, name: str) -> float:
         return float(self.array[self.space.index[name]])
 
     def __iter__(self) -> Iterator[str]:
@@ -277,7 +286,7 @@ class ParameterValues(Mapping[str, float]):
         return len(self.space)
 
     def __repr__(self) -> str:
-        if self.array is None:
+        if self._array is None:
             return "{not drawn}"
         return "{" + ", ".join(f"{n}: {v:g}" for n, v in zip(self.space.names, self.array.tolist())) + "}"
 
