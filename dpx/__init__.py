@@ -32,6 +32,9 @@ _LAZY = {
     "open_database": "dpx.core.database",
     "Session": "dpx.core.session",
     "export": "dpx.core.export",
+    "Parameter": "dpx.core.space",
+    "ParameterSpace": "dpx.core.space",
+    "ParameterError": "dpx.core.space",
 }
 
 __all__ = ["Component", "PluginUnavailable", "hookimpl", "__version__", *_LAZY]
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from dpx.core.training import Training
     from dpx.core.session import Session
     from dpx.core.export import export
+    from dpx.core.space import Parameter, ParameterError, ParameterSpace
 
 
 _SUBMODULES = ("checks", "testing", "plugins")

@@ -28,3 +28,14 @@ def dpx_stats_writers():
     return {
         "csv": Component("dpx.core.stats:CsvStatsWriter", "training curves in stats/curves.csv (no dependency)"),
     }
+
+
+@hookimpl
+def dpx_samplers():
+    return {
+        "random": Component("dpx.core.sampling:RandomSampler", "independent uniform draws, seeded per sample id (default)"),
+        "lhs": Component("dpx.core.sampling:LatinHypercubeSampler", "Latin hypercube of the run's size (scipy.stats.qmc)"),
+        "sobol": Component("dpx.core.sampling:SobolSampler", "scrambled Sobol' sequence (scipy.stats.qmc)"),
+        "halton": Component("dpx.core.sampling:HaltonSampler", "scrambled Halton sequence (scipy.stats.qmc)"),
+        "grid": Component("dpx.core.sampling:GridSampler", "full factorial grid, cell centres (levels=...)"),
+    }

@@ -90,6 +90,21 @@ def _parser() -> argparse.ArgumentParser:
                              help="let a resumed session take samples made with other env_kwargs or another seed")
         job.set_defaults(run=_job)
 
+    learn = commands.add_parser(
+        "learn",
+        help="active learning: simulate where an ensemble of networks disagrees, from a TOML config",
+        description="Run the ActiveLearning pipeline described by a TOML file with the tables [environment] "
+        "(EnvironmentConfig; the environment must declare parameters), [network] (NetworkConfig of each ensemble "
+        "member; its input is the samples' parameters), [database] (DatabaseConfig) and [pipeline] (session_dir, "
+        "session_name, new_session, initial_sampler, initial_samples, batch_size, max_simulations, max_seconds, "
+        "ensemble, pool_size, pool_sampler, diversity, validation_samples, epoch_nb, train_batch_size, warm_start, "
+        "seed). Prints, round by round, the simulations spent and the validation error; every round is recorded "
+        "in session.json, and pipeline.new_session=false resumes after the last one.",
+        epilog="Example: python -m dpx learn examples/resonance_learn.toml pipeline.max_simulations=64",
+    )
+    _add_job_arguments(learn)
+    learn.set_defaults(run=_job)
+
     worker = commands.add_parser(
         "worker",
         help="run an environment for a job started elsewhere",
@@ -255,6 +270,12 @@ def _info(args: argparse.Namespace) -> int:
             print(line)
     if not description["dataset"]:
         print("  dataset: empty")
+    if description["parameter_space"]:
+        print("  sample parameters (field 'parameters', in this order):")
+        for p in description["parameter_space"]:
+            kind = " integer" if p.get("integer") else ""
+            drawn = f" {p['distribution']}(mean {p['mean']:.4g}, std {p['std']:.4g})" if p.get("distribution") else ""
+            print(f"    {p['name']:16s} [{p['low']:.4g}, {p['high']:.4g}] {p['scale']}{kind}{drawn}")
     for instance, stored in description["parameters"].items():
         print(f"  parameters of environment {instance}:")
         for name, value in stored.items():

@@ -71,6 +71,7 @@ REGISTRY_KINDS: dict[str, str] = {
     "dpx_visualizers": "visualizer",
     "dpx_stats_writers": "stats writer",
     "dpx_exporters": "exporter",
+    "dpx_samplers": "sampler",
 }
 
 
@@ -113,6 +114,8 @@ CONTRACTS: dict[str, Contract] = {
     "dpx_stats_writers": Contract("a class built as cls(stats_dir)", methods=("scalar", "histogram", "close"),
                                   optional=("flush",)),
     "dpx_exporters": Contract("a class built as cls(**exporter_kwargs)", methods=("export",)),
+    "dpx_samplers": Contract("a class built as cls(space, seed=..., size=..., **sampler_kwargs)",
+                             methods=("ask", "tell", "state", "restore")),
 }
 
 
@@ -366,6 +369,43 @@ def dpx_stats_writers():
             return {"tensorboard": "dpx_tensorboard.writer:TensorBoardWriter"}
     """
 
+
+
+# -- parameter samplers ------------------------------------------------------------------------
+
+
+@hookspec
+def dpx_samplers():
+    """Which parameter vectors the simulations run, for ``DataGeneration(sampler="name",
+    sampler_kwargs={...})`` and active learning's initial design and candidate pools.
+
+    Only environments that declare parameters (``define_parameters``) are
+    sampled. The core ships ``random`` (per sample id, like ``Environment.rng``),
+    ``lhs``, ``sobol``, ``halton`` and ``grid`` (:mod:`dpx.core.sampling`). Each
+    component is a class built as ``cls(space, seed=..., size=..., **sampler_kwargs)``
+    (``space`` a :class:`dpx.core.space.ParameterSpace`, ``size`` the number
+    of samples the run makes, or None):
+
+    * ``ask(n)`` returns the next ``n`` parameter vectors: an ``(n, d)`` array
+      of values in the space's column order, or ``{name: (n,) values}``; dpx
+      refuses unknown names, values outside the bounds, non-integers for
+      integer parameters;
+    * ``tell(parameters, scores)`` feeds back scores (higher: more useful to
+      simulate) of ``(m, d)`` parameter vectors; a fixed design ignores it;
+    * ``state() -> dict`` (JSON) and ``restore(state)`` carry its position;
+      dpx records the state in ``session.json`` and, resuming, restores it
+      with ``"position"`` set to the number of samples already stored.
+
+    The same seed and position must give the same vectors whatever ``n``
+    the points are asked in (so batch size and worker count never change a
+    dataset). Check one with :func:`dpx.testing.check_sampler`.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_samplers():
+            return {"sobol": dpx.Component("dpx.core.sampling:SobolSampler", "scrambled Sobol' sequence")}
+    """
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@
   viewers across processes), so a new runner plugin is tested like the
   built-in ``multiprocess`` one and dpx-ray.
 * :class:`StorageChecks`, :class:`NetworkBackendChecks`, :func:`check_loss`,
-  :func:`check_transform`, :func:`check_stats_writer` and
-  :func:`check_visualizer` (from :mod:`dpx.conformance`) do the same for every
-  other kind of component.
+  :func:`check_transform`, :func:`check_stats_writer`, :func:`check_visualizer`
+  and :func:`check_sampler` (from :mod:`dpx.conformance`) do the same for
+  every other kind of component.
 * The ``dpx_plugin`` pytest fixture registers a plugin for one test. It is
   available in every test once dpx is installed (dpx registers this module as
   a pytest plugin).
@@ -41,6 +41,7 @@ from dpx.conformance import (  # noqa: F401  the kits of every hook, offered her
     NetworkBackendChecks,
     StorageChecks,
     check_loss,
+    check_sampler,
     check_stats_writer,
     check_transform,
     check_visualizer,
@@ -81,7 +82,29 @@ def check_environment(
             f"{config.environment_name}: field {name!r} differs between two runs with the same seed; "
             "draw every random number from self.rng"
         )
+    _warn_if_parameters_ignored(config, key, first)
     return first
+
+
+def _warn_if_parameters_ignored(config: Any, key: np.ndarray, first: dict[str, np.ndarray]) -> None:
+    """Warn when one sample made with two different parameter vectors (same seed) is bit-identical:
+    the environment ignores the parameters it declares, so their record would be false provenance."""
+    import warnings
+
+    from dpx.core.runners import InProcessRunner
+    from dpx.core.space import PARAMETERS_FIELD
+
+    vectors = first.get(PARAMETERS_FIELD)
+    if vectors is None or len(vectors) < 2 or np.array_equal(vectors[0], vectors[1]):
+        return
+    with InProcessRunner(config, key) as runner:
+        twice = runner.produce(np.array([0, 0]), parameters=vectors[:2])
+        training = [name for name, f in runner.fields.items() if f.training]
+    if all(np.array_equal(twice[name][0], twice[name][1], equal_nan=True) for name in training):
+        warnings.warn(
+            f"{config.environment_name}: two different parameter vectors gave bit-identical samples; "
+            "it declares parameters but does not use them: read self.sample_parameters in step() "
+            "(or declare none)", UserWarning, stacklevel=3)
 
 
 def prepare_environment(environment: Any, seed: int = 0) -> Any:
@@ -95,7 +118,21 @@ def prepare_environment(environment: Any, seed: int = 0) -> Any:
     environment.init()
     environment.init_database()
     environment._parameters_taken = True  # as a pipeline: save_parameters() from now on is refused
+    if len(environment.parameter_space):  # each step() draws its parameters first, as a pipeline would
+        environment.step = _DrawThenStep(environment)
     return environment
+
+
+class _DrawThenStep:
+    """``step()`` of an environment with parameters outside a pipeline: draw them, then step
+    (a class, not a closure, so the environment still pickles)."""
+
+    def __init__(self, environment: Any) -> None:
+        self.environment = environment
+
+    def __call__(self) -> Any:
+        self.environment.draw_parameters()
+        return type(self.environment).step(self.environment)  # a coroutine for an async step, awaited by the caller
 
 
 def assert_light_import(module: str, heavy: Iterable[str] = HEAVY_MODULES) -> None:

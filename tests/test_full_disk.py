@@ -135,8 +135,10 @@ def test_full_disk_keeps_whole_samples_says_how_to_resume_and_resumes(report):
     assert message.startswith("dpx generate: error: ") and len(message.splitlines()) == 1, message
     assert "sessions/spring/dataset: no space left on the device" in message
     assert f"training: {count})" in message and "pipeline.new_session=false" in message
-    # every whole sample that fitted is committed: nearly all of the 1 MB holds samples
-    assert count * sum(sample_bytes.values()) > 0.9 * 2**20, count
+    # the whole samples that fitted are committed: most of the 1 MB holds samples. Not all: a staged block
+    # (~1 MB) is written field by field, and the rows of the fields written before the one that hit the
+    # limit are truncated back to the committed count (with spring's `parameters` field, 80 % is kept)
+    assert count * sum(sample_bytes.values()) > 0.75 * 2**20, count
     # and nothing else lies in the partitions: no half-written or uncommitted bytes
     assert stop["partition_bytes"] == {name: count * size for name, size in sample_bytes.items()}
     assert stop["same_as_reference"], "the kept samples differ from the same seed's on a roomy disk"

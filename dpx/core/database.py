@@ -149,7 +149,31 @@ class Database:
     def commit(self) -> None:
         self.storage.commit(force=True)
 
+    def record_parameter_space(self, space: Any) -> None:
+        """Keep the names and bounds of the ``parameters`` field's columns with the data (see :attr:`parameter_space`)."""
+        from dpx.core.space import PARAMETER_SPACE_KEY
+
+        self.storage.commit(force=True, metadata={PARAMETER_SPACE_KEY: space.describe()})
+
     # -- reading -----------------------------------------------------------------------
+
+    @property
+    def parameter_space(self) -> Any:
+        """The :class:`~dpx.core.space.ParameterSpace` the samples' ``parameters`` field follows (empty if none)."""
+        from dpx.core.space import PARAMETER_SPACE_KEY, ParameterError, ParameterSpace
+
+        try:
+            return ParameterSpace.from_description(self.storage.metadata.get(PARAMETER_SPACE_KEY, []))
+        except ParameterError as exc:
+            raise CorruptDatasetError(f"{self.path}: the parameter space is unreadable ({exc})") from None
+
+    def parameters(self, mode: str = "training", indices: Iterable[int] | None = None) -> dict[str, np.ndarray]:
+        """Each sample's parameters (provenance: what the sampler chose), by parameter name."""
+        names = self.parameter_space.names
+        if not names:
+            return {}
+        values = self.read(mode, ["parameters"], indices)["parameters"]
+        return {name: values[:, column] for column, name in enumerate(names)}
 
     @property
     def normalization(self) -> dict[str, Moments]:

@@ -188,6 +188,8 @@ class Environment:
         parsed = [Field.parse(spec, training=True) for spec in _flatten(specs, fields)]
         self._fields = {name: f for name, f in self.fields.items() if not f.training}
         self._add_fields(parsed)
+        # training fields first, as documented, also after define_parameters() in __init__
+        self._fields = dict(sorted(self._fields.items(), key=lambda item: not item[1].training))
 
     def define_additional_fields(self, *specs: Any, fields: Any = None) -> None:
         """Declare extra fields stored with each sample but not fed to the network."""
@@ -249,6 +251,45 @@ class Environment:
         stored. Available from :meth:`create` on.
         """
         return dict(getattr(self, "_stored_parameters", {}))
+    # -- sample parameters, drawn per sample by a sampler -----------------------------
+
+    def define_parameters(self, *parameters: Any) -> None:
+        """Declare the parameters a sample depends on (:class:`dpx.Parameter`), in ``__init__``.
+
+        dpx then draws them per sample (with the run's sampler), sets them in
+        :attr:`sample_parameters` before each ``step()`` and stores them in the
+        additional field ``parameters`` (see :mod:`dpx.core.space`).
+        """
+        from dpx.core.space import PARAMETERS_FIELD, ParameterSpace, ParameterValues
+
+        space = ParameterSpace(_flatten(parameters))
+        self._parameter_space = space
+        self.sample_parameters = ParameterValues(space)
+        self._add_fields([Field(PARAMETERS_FIELD, np.float64, (len(space),), training=False)])
+
+    def draw_parameters(self) -> Any:
+        """Draw this sample's parameters from :attr:`rng` (uniformly in each one's scale), outside a pipeline.
+
+        In a pipeline dpx sets :attr:`sample_parameters` before each ``step()``;
+        a simulation stepping itself (a ``runSofa`` scene, a unit test) calls
+        this at the start of each sample instead.
+        """
+        from dpx.core.space import PARAMETERS_FIELD
+
+        values = self.sample_parameters
+        values.array = self.parameter_space.from_unit(self.rng.random((1, len(values.space))))[0]
+        self.sample[PARAMETERS_FIELD] = values.array  # the sample's provenance, as a pipeline stores it
+        return values
+
+    @property
+    def parameter_space(self) -> Any:
+        """The declared :class:`~dpx.core.space.ParameterSpace` (empty when none is declared)."""
+        space = getattr(self, "_parameter_space", None)
+        if space is None:
+            from dpx.core.space import ParameterSpace
+
+            space = self._parameter_space = ParameterSpace()
+        return space
 
     # -- requests --------------------------------------------------------------------
 

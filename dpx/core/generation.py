@@ -15,6 +15,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from dpx.core.preflight import (
     check_storage,
 )
 from dpx.core.producer import resolve_seed
+from dpx.core.sampling import DEFAULT_SAMPLER, ask_checked, build_sampler, check_same_sampler, sampler_seed
 from dpx.core.progress import Progress
 from dpx.core.session import Session, existing_dataset, outcome_of
 from dpx.core.storage import StorageError, StorageFullError
@@ -86,6 +88,8 @@ class DataGeneration:
         progress: bool | None = None,
         allow_changes: bool = False,
         disable_plugins: tuple[str, ...] | list[str] = (),
+        sampler: str = DEFAULT_SAMPLER,
+        sampler_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(batch_nb, int) or batch_nb < 0:
             raise ConfigError(f"DataGeneration: batch_nb={batch_nb!r} must be a non-negative integer")
@@ -98,6 +102,8 @@ class DataGeneration:
         self.progress = progress
         self.allow_changes = allow_changes
         self.disable_plugins = list(disable_plugins)
+        #: Which parameter vectors the samples get (hook ``dpx_samplers``), for environments declaring parameters.
+        self.sampler, self.sampler_kwargs = sampler, dict(sampler_kwargs or {})
         self.session_path: Path | None = None
 
     @property
@@ -121,7 +127,17 @@ class DataGeneration:
         check_extension(setup, config, database_config, dataset, self.mode, self.allow_changes)
         check_batch_memory("DataGeneration", self.batch_size, setup.fields)
         check_partitions(database_config, setup.fields)
+        if self.sampler != DEFAULT_SAMPLER or len(setup.space):
+            build_sampler("DataGeneration", self.sampler, setup.space, 0, self._total, self.sampler_kwargs)
+            setup.checked.append(f"sampler {self.sampler} over {', '.join(setup.space.names)}")
+            if dataset is not None and dataset.name == "dataset" and not self.allow_changes:
+                check_same_sampler(Session(dataset.parent).last_producing_run(self.mode), self.sampler,
+                                   self.sampler_kwargs, dataset)
         return setup
+
+    @property
+    def _total(self) -> int:
+        return self.batch_nb * self.batch_size
 
     def execute(self, setup: SetUp | None = None) -> GenerationSummary:
         """Run the generation; ``setup`` is what :meth:`prepare` returned (prepared here when None)."""
@@ -130,7 +146,15 @@ class DataGeneration:
         self.session_path = session.path
         mode = self.mode
         seed, key = resolve_seed(setup.seed)
-        total = self.batch_nb * self.batch_size
+        total = self._total
+        space = setup.space
+        # "random" is drawn by the environments' producers, seeded per sample id; other samplers here
+        sampler = None
+        if len(space) and self.sampler != DEFAULT_SAMPLER:
+            sampler = build_sampler("DataGeneration", self.sampler, space, sampler_seed(seed, MODE_STREAMS[mode]),
+                                    total, self.sampler_kwargs)
+        sampling = {"sampler": {"name": self.sampler, "kwargs": self.sampler_kwargs},
+                    "parameter_space": space.describe()} if len(space) else {}
         # opened first: it drops a killed run's uncommitted tail, which makes room on a full disk
         database = Database(session.dataset_dir, self.database_config)
         lifecycle = Lifecycle("DataGeneration", self.disable_plugins)
@@ -139,9 +163,10 @@ class DataGeneration:
             "database": as_record(self.database_config),
             "pipeline": {"batch_nb": self.batch_nb, "batch_size": self.batch_size},
         }
+        recorded_state = _recorded_sampler_state(session, mode) if sampler is not None else {}
         try:
             session.record_run("DataGeneration", configs, seed=seed, mode=mode, run_id=lifecycle.run_id,
-                               joined_plugins=lifecycle.joined, outcome="started")
+                               joined_plugins=lifecycle.joined, outcome="started", **sampling)
             lifecycle.start(session.path, configs, seed)
         except BaseException:
             database.close()
@@ -158,6 +183,8 @@ class DataGeneration:
             runner.start()
             parameters.keep(runner, session.dataset_dir)
             start = database.count(mode) if mode in database.modes else 0
+            if sampler is not None:  # positions are sample ids: a resumed run continues the sequence
+                sampler.restore({**recorded_state, "position": start})
             if start > 0:
                 log.info("dpx: resuming %s at sample %d of %d", session.path, start, total)
             progress = Progress(total, desc=f"generate {mode}", initial=min(start, total), enabled=self.progress)
@@ -167,9 +194,14 @@ class DataGeneration:
                 try:
                     for first in range(start, total, self.batch_size):
                         ids = np.arange(first, min(first + self.batch_size, total))
-                        batch = runner.produce(ids, stream)
+                        if sampler is None:
+                            batch = runner.produce(ids, stream)
+                        else:
+                            batch = runner.produce(ids, stream, parameters=ask_checked(sampler, self.sampler, space, len(ids)))
                         if first == start:
                             database.prepare(mode, {name: (a.dtype, a.shape[1:]) for name, a in batch.items()})
+                            if len(space):
+                                database.record_parameter_space(space)
                         store.add(batch, len(ids))
                         if on_stored is not None:
                             on_stored(run=lifecycle.run, mode=mode, sample_ids=ids, batch=batch)
@@ -196,7 +228,8 @@ class DataGeneration:
                     database.recompute_normalization()
                 database.close()
                 stored = database.count(mode) if mode in database.modes else 0
-                session.finish_run(outcome, produced=produced, samples=stored)
+                ended = {"sampler_state": sampler.state()} if sampler is not None else {}
+                session.finish_run(outcome, produced=produced, samples=stored, **ended)
                 if outcome == "interrupted":
                     log.warning("dpx: interrupted; %d %s samples are stored in %s: %s.", stored, mode,
                                 session.path, session.resume_hint("DataGeneration"))
@@ -219,6 +252,13 @@ class DataGeneration:
         return Session.for_dataset(
             self.database_config.existing_dir, self.session_dir, self.session_name, self.new_session
         )
+
+
+def _recorded_sampler_state(session: Session, mode: str) -> dict[str, Any]:
+    """The sampler state the session's last run of ``mode`` ended with (empty when none)."""
+    run = session.last_producing_run(mode)
+    state = (run or {}).get("sampler_state")
+    return state if isinstance(state, dict) else {}
 
 
 class _Store:

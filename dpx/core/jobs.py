@@ -37,13 +37,16 @@ SECTIONS = {
     "generate": ("environment", "database", "pipeline"),
     "train": ("environment", "database", "network", "pipeline"),
     "predict": ("environment", "database", "network", "pipeline"),
+    "learn": ("environment", "database", "network", "pipeline"),
 }
-REQUIRED = {"generate": ("environment",), "train": ("network",), "predict": ("environment", "network")}
+REQUIRED = {"generate": ("environment",), "train": ("network",), "predict": ("environment", "network"),
+            "learn": ("environment",)}
 
 
 def build_job(kind: str, path: str | os.PathLike, overrides: list[str], progress: bool | None = None) -> Any:
     """The pipeline (DataGeneration, Training or Prediction) a job file describes."""
     from dpx.core.generation import DataGeneration
+    from dpx.core.learning import ActiveLearning
     from dpx.core.prediction import Prediction
     from dpx.core.training import Training
 
@@ -63,7 +66,7 @@ def build_job(kind: str, path: str | os.PathLike, overrides: list[str], progress
         if section in data:
             pipeline[argument] = from_mapping(cls, data[section], f"{path} [{section}]")
     pipeline["progress"] = progress
-    pipeline_class = {"generate": DataGeneration, "train": Training, "predict": Prediction}[kind]
+    pipeline_class = {"generate": DataGeneration, "train": Training, "predict": Prediction, "learn": ActiveLearning}[kind]
     return from_mapping(pipeline_class, pipeline, f"{path} [pipeline]")
 
 
@@ -75,6 +78,7 @@ SECTION_OF = {
     "DataGeneration": "pipeline",
     "Training": "pipeline",
     "Prediction": "pipeline",
+    "ActiveLearning": "pipeline",
 }
 
 
@@ -107,8 +111,10 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     session = Session(dataset_dir.parent if dataset_dir.name == "dataset" else path)
     runs = [_describe_run(run) for run in session.read_record().get("runs", [])]
     dataset: dict[str, Any] = {}
+    space: list[dict[str, Any]] = []
     if (dataset_dir / "dataset.json").exists() or (dataset_dir / "dataset.json.prev").exists():
         with open_database(dataset_dir) as database:
+            space = database.parameter_space.describe()
             normalization = database.normalization
             for mode in database.modes:
                 fields = {}
@@ -120,7 +126,8 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     network_dir = session.path / "network"
     networks = sorted(p.name for p in network_dir.iterdir()) if network_dir.is_dir() else []
     parameters = describe_parameters(dataset_dir) if dataset_dir.is_dir() else {}
-    return {"path": str(session.path), "runs": runs, "dataset": dataset, "parameters": parameters, "networks": networks}
+    return {"path": str(session.path), "runs": runs, "dataset": dataset, "parameters": parameters,
+            "parameter_space": space, "networks": networks}
 
 
 def _describe_run(run: dict[str, Any]) -> str:
@@ -128,6 +135,8 @@ def _describe_run(run: dict[str, Any]) -> str:
     text = f"{run['pipeline']} {run['started']} seed={run.get('seed')}"
     if run.get("mode"):
         text += f" mode={run['mode']}"
+    if isinstance(run.get("sampler"), dict) and run["sampler"].get("name") != "random":
+        text += f" sampler={run['sampler'].get('name')}"
     counts = []
     if "produced" in run:
         counts.append(f"+{run['produced']} samples ({run.get('samples')} stored)")

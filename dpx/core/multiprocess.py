@@ -385,6 +385,8 @@ class MultiprocessRunner(RemoteRunner):
                     request = {"type": "produce", "ids": ids, "stream": stream}
                     if stored is not None:  # load_samples: the chunk's stored rows travel with it
                         request.update(type="feed", stored={n: a[chunk[0]:chunk[1]] for n, a in stored.items()})
+                    if self.chunk_parameters is not None:
+                        request["parameters"] = self.chunk_parameters[chunk[0]:chunk[1]]
                     worker.channel.send(request, worker.since + self.options.timeout)
                 except OSError as exc:
                     self._recover(_Failure(worker, self._exit_status(worker, exc)), pending, idle)

@@ -56,6 +56,8 @@ class SetUp:
     network: Any = None
     #: What the run reads from earlier sessions, one line each ("the dataset sessions/spring/dataset").
     reads: list[str] = field(default_factory=list)
+    #: The parameters the environment declares (a :class:`~dpx.core.space.ParameterSpace`; empty when none).
+    space: Any = ()
 
     def read(self, what: str, path: Path) -> None:
         """Note that the run reads ``path``, and warn when re-runs made newer sessions beside its session."""
@@ -115,6 +117,7 @@ def check_environment(config: EnvironmentConfig, setup: SetUp) -> None:
     if issubclass(runner_class, RemoteRunner):
         config.portable()  # env_kwargs must travel to the workers
     environment = build_environment(config, cls)
+    setup.space = environment.parameter_space
     setup.runner_class = runner_class
     setup.fields, setup.fields_complete = declared_fields(environment)
     setup.checked.append(f"environment {config.environment_name} -> {cls.__module__}.{cls.__qualname__}")

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dpx.core.environment import Environment, Field, FieldError
+from dpx.core.space import PARAMETERS_FIELD
 
 NonFinitePolicy = Literal["error", "drop"]
 #: Batch buffers used in turn: a batch stays valid while the next is produced.
@@ -225,6 +226,8 @@ class SampleProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._checks = type(environment).check_sample is not Environment.check_sample
         self._good_dtypes: dict[str, set[np.dtype]] = {}
+        self._draws: Any = None  # the random sampler of declared parameters (None: no parameter declared)
+        self._table: np.ndarray | None = None  # the parameter vectors of the batch being produced
 
     # -- set-up ----------------------------------------------------------------------
 
@@ -240,6 +243,10 @@ class SampleProducer:
             self._call(env.init_visualization)
         env._parameters_taken = True  # what save_parameters() stored so far is what the dataset keeps
         self.fields = env.fields
+        if len(env.parameter_space):
+            from dpx.core.sampling import RandomSampler
+
+            self._draws = RandomSampler(env.parameter_space, key=self.rng.key)
         self._step = env.step
         if inspect.iscoroutinefunction(env.step):
             self._loop = asyncio.new_event_loop()
@@ -261,15 +268,18 @@ class SampleProducer:
 
     # -- producing ---------------------------------------------------------------------
 
-    def produce(self, sample_ids: np.ndarray, stream: int = 0) -> dict[str, np.ndarray]:
+    def produce(self, sample_ids: np.ndarray, stream: int = 0, parameters: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Produce the samples ``sample_ids`` of ``stream`` (the dataset mode's number).
 
         Returns views of the batch buffers. They stay valid during the next call
         too (the buffers alternate), so a pipeline can store one batch while the
-        environment produces the next.
+        environment produces the next. An environment declaring parameters gets
+        row ``i`` of ``parameters`` (checked values, ``(n, d)``) for sample ``i``,
+        or, when None, draws of the ``random`` sampler seeded by sample id.
         """
         self.stream = stream
         count = len(sample_ids)
+        table = self._parameter_table(sample_ids, stream, parameters)
         first_row = 0
         if not self._batches or self._batches[0].size < count:
             first_row = self._allocate(int(sample_ids[0]), count)
@@ -279,13 +289,18 @@ class SampleProducer:
         states = self.rng.plan(sample_ids, stream)
         slots = self._batch_slots[turn]
         ids = sample_ids.tolist()
+        values = getattr(self.env, "sample_parameters", None)
         if self._checks or self.simulations_per_step != 1 or self.rng.words is None:
             for row in range(first_row, count):
+                if table is not None:
+                    values.array = table[row]
                 self._copy(self._step_until_accepted(ids[row], states[row]), slots, row, ids[row])
         else:  # the common case without a function call per step: first tries are accepted
             words, sample, step, copy = self.rng.words, self.env.sample, self._step, self._copy
             for row in range(first_row, count):
                 words[:] = states[row]
+                if table is not None:
+                    values.array = table[row]
                 sample.clear()
                 try:
                     step()
@@ -294,6 +309,8 @@ class SampleProducer:
                 except Exception as exc:
                     raise self._step_error(ids[row], exc) from exc
                 copy(sample, slots, row, ids[row])
+        if table is not None:
+            batch.arrays[PARAMETERS_FIELD][:count] = table
         self._check_finite(batch.arrays, sample_ids, count)
         self.stats.produced += count
         return batch.view(count)
@@ -349,14 +366,20 @@ class SampleProducer:
         """
         first = None
         if any(f.shape is None or f.dtype is None for f in self.fields.values()):
+            if self._table is not None:
+                self.env.sample_parameters.array = self._table[0]
             first = self._step_until_accepted(first_id)
             for name, f in self.fields.items():
+                if name == PARAMETERS_FIELD and self._draws is not None:
+                    continue
                 if name in self.optional_fields and name not in first and (f.shape is None or f.dtype is None):
                     raise FieldError(f"{self.env!r}: declare the dtype and shape of field {name!r}, it may be left unset")
                 if name in first or name not in self.optional_fields:
                     f.learn(self._as_array(name, first))
         self._batches = [Batch(self.fields, count) for _ in range(BUFFERS)]
-        self._slots = [(name, f.shape, f.dtype) for name, f in self.fields.items()]
+        # the parameters are copied in one go per batch, not sample by sample
+        self._slots = [(name, f.shape, f.dtype) for name, f in self.fields.items()
+                       if self._draws is None or name != PARAMETERS_FIELD]
         self._good_dtypes = {name: set() for name in self.fields}
         self._batch_slots = [self._slots_for(batch.arrays) for batch in self._batches]
         self._finite_checked = [
@@ -370,6 +393,20 @@ class SampleProducer:
     def _slots_for(self, arrays: dict[str, np.ndarray]) -> list:
         """Per field: name, shape, dtype, its buffer in ``arrays`` and the dtypes already checked."""
         return [(name, shape, dtype, arrays[name], self._good_dtypes[name]) for name, shape, dtype in self._slots]
+
+    def _parameter_table(self, sample_ids: np.ndarray, stream: int, parameters: np.ndarray | None) -> np.ndarray | None:
+        """The batch's parameter vectors: those given (checked), else the random draws of ``sample_ids``."""
+        if self._draws is None:
+            if parameters is not None:
+                raise FieldError(f"{self.env!r} declares no parameters, but parameters were given for its samples")
+            self._table = None
+            return None
+        if parameters is None:
+            self._draws.stream = stream
+            self._table = self._draws.at(sample_ids)
+        else:
+            self._table = self.env.parameter_space.as_values(parameters, len(sample_ids), who="the pipeline")
+        return self._table
 
     def _step_until_accepted(self, sample_id: int, state: np.ndarray | None = None) -> dict[str, np.ndarray]:
         env, sample = self.env, self.env.sample
@@ -456,6 +493,8 @@ class SampleProducer:
 
     def _redo_non_finite(self, arrays: dict[str, np.ndarray], row: int, sample_id: int) -> None:
         """Drop a non-finite sample and step again under a later attempt number."""
+        if self._table is not None:
+            self.env.sample_parameters.array = self._table[row]
         for attempt in range(1, self.max_wrong + 1):
             self.stats.non_finite += 1
             self.rng.seek(sample_id, self.max_wrong + attempt, self.stream)

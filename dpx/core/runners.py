@@ -171,13 +171,17 @@ class Runner:
     #: How many environments run (row ``i`` of a pinned batch comes from environment ``i``).
     instance_nb = 1
 
-    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
+    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False,
+                parameters: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Produce samples ``sample_ids`` of ``stream``, as arrays by field.
 
         The arrays must stay valid until the call after next: the pipeline
         stores a batch while the next one is being produced. ``pinned`` asks
         for sample ``i`` from environment ``i`` (prediction steps every
         environment once and hands each its own prediction back).
+        ``parameters`` (``(n, d)``, for environments declaring parameters,
+        passed only when a sampler other than ``random`` chose them) go with
+        the ids: row ``i`` is sample ``i``'s.
         """
         raise NotImplementedError
 
@@ -243,6 +247,7 @@ class RemoteRunner(Runner):
         self._turn = 0
         self._fields: dict[str, Field] = {}
         self._ahead: tuple[int, int, int, int] | None = None  # buffer, first id, stream, samples held
+        self.chunk_parameters: np.ndarray | None = None  # the parameter vectors of the batch being produced
         self._seconds_per_sample = 0.0
 
     @property
@@ -260,7 +265,8 @@ class RemoteRunner(Runner):
         """Each environment's counts, as it last reported them."""
         raise NotImplementedError
 
-    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
+    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False,
+                parameters: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Produce ``sample_ids`` across the environments; ``pinned`` gives row ``i`` to environment ``i``.
 
         A request costs a round trip per chunk, more than a few small samples
@@ -271,11 +277,13 @@ class RemoteRunner(Runner):
         Nothing is read ahead for pinned batches, nor while environments may ask
         for predictions (they would get an older network's), hand back refused
         samples or show samples (samples never asked for would be recorded or
-        shown).
+        shown), nor when ``parameters`` are given (later samples' are not known
+        yet); :attr:`chunk_parameters` holds them for ``_run_chunks``.
         """
         ids = np.asarray(sample_ids)
         count = len(ids)
-        consecutive = count > 0 and int(ids[-1]) - int(ids[0]) == count - 1 and (count < 3 or bool((np.diff(ids) == 1).all()))
+        self.chunk_parameters = None if parameters is None else np.ascontiguousarray(parameters, dtype=np.float64)
+        consecutive = parameters is None and count > 0 and int(ids[-1]) - int(ids[0]) == count - 1 and (count < 3 or bool((np.diff(ids) == 1).all()))
         if self._ahead is not None and consecutive and not pinned:
             turn, first, ahead_stream, held = self._ahead
             offset = int(ids[0]) - first
@@ -365,8 +373,9 @@ class InProcessRunner(Runner):
             env._connect(viewer=self.visualizer.update)
         return self.producer.fields
 
-    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False) -> dict[str, np.ndarray]:
-        return self.producer.produce(sample_ids, stream)
+    def produce(self, sample_ids: np.ndarray, stream: int = 0, pinned: bool = False,
+                parameters: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return self.producer.produce(sample_ids, stream, parameters)
 
     def feed(self, stored: dict[str, np.ndarray], sample_ids: np.ndarray, stream: int = 0,
              pinned: bool = False) -> dict[str, np.ndarray]:

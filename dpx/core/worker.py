@@ -96,7 +96,7 @@ def _loop(channel: transport.Channel, producer: Any, refused: list[dict[str, Any
             if kind == "feed":
                 arrays = producer.feed(request["stored"], ids, request["stream"])
             else:
-                arrays = producer.produce(ids, request["stream"])
+                arrays = producer.produce(ids, request["stream"], request.get("parameters"))
             message = {"type": "samples", "arrays": arrays, "stats": vars(producer.stats)}
             if refused:  # samples check_sample refused, for record_wrong_samples
                 message["refused"] = refused[:]

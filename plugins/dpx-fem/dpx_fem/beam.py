@@ -11,6 +11,7 @@ import numpy as np
 
 import dpx
 from dpx.checks import float_range, number, positive_float, positive_int
+from dpx.core.space import direction_parameters, unit_vector
 
 LAYOUTS = ("nodes", "grid")
 
@@ -24,7 +25,11 @@ class Beam(dpx.Environment):
     of magnitude uniform in ``force_range`` and uniformly random direction,
     shared equally by the surface nodes within ``patch_radius`` of a random
     surface node whose ``x`` lies in ``load_region`` (fractions of
-    ``length``).
+    ``length``). The declared sample parameters (drawn by the run's sampler):
+    ``load_node`` (which of those surface nodes, an integer), ``force`` (the
+    magnitude), ``direction_z`` (the direction's z, in [-1, 1]) and
+    ``direction_azimuth`` (its angle about z, in [0, 2 pi]): uniform in both,
+    the direction is uniform on the sphere.
 
     Nodes are numbered ``x``-major, then ``y``, then ``z`` (node ``(i, j, k)``
     of the grid is number ``(i * (ny + 1) + j) * (nz + 1) + k``), so the nodal
@@ -94,6 +99,11 @@ class Beam(dpx.Environment):
                 f"along x; widen load_region or raise nx"
             )
         self._field_shape = (self.n_nodes, 3) if layout == "nodes" else (3, *self.grid_shape)
+        self.define_parameters(
+            dpx.Parameter("load_node", 0, len(self._centres) - 1, integer=True),
+            dpx.Parameter("force", *self.force_range),
+            *direction_parameters(),
+        )
 
         #: Forces and FEM displacements of the last sample, ``(n_nodes, 3)`` float64.
         self.forces: np.ndarray | None = None
@@ -208,14 +218,15 @@ class Beam(dpx.Environment):
             return field.reshape(self.n_nodes, 3).copy()
         return np.ascontiguousarray(field.reshape(3, self.n_nodes).T)
 
-    # -- randomness --------------------------------------------------------------------
+    # -- loads --------------------------------------------------------------------
 
     def _random_load(self) -> tuple[np.ndarray, np.ndarray]:
-        """Nodal forces of one random patch load, and its ``(centre, total force)``."""
-        centre = self.nodes[self._centres[self.rng.integers(len(self._centres))]]
+        """Nodal forces of the sample's patch load, and its ``(centre, total force)``."""
+        node, magnitude, z, azimuth = self.sample_parameters.array.tolist()
+        centre = self.nodes[self._centres[int(node)]]
         patch = self._loadable & (np.linalg.norm(self.nodes - centre, axis=1) <= self.patch_radius)
-        direction = self.rng.normal(size=3)
-        force = self.rng.uniform(*self.force_range) * direction / np.linalg.norm(direction)
+        force = magnitude * unit_vector(z, azimuth)
         forces = np.zeros((self.n_nodes, 3))
         forces[patch] = force / patch.sum()
         return forces, np.concatenate([centre, force]).astype(np.float32)
+

@@ -131,6 +131,7 @@ def test_fields_shapes_and_dtypes(layout: str, shape: tuple[int, ...]) -> None:
         "input": (np.float32, shape),
         "ground_truth": (np.float32, shape),
         "load": (np.float32, (6,)),
+        "parameters": (np.float64, (4,)),  # load_node, force, direction_z, direction_azimuth
     }
     for name, field in env.fields.items():
         assert env.sample[name].dtype == field.dtype and env.sample[name].shape == field.shape

@@ -153,9 +153,9 @@ class EnvironmentActor:
         self.producer.env._connect(predictor=None if mailbox is None else ask)
         return {}
 
-    def produce(self, sample_ids: np.ndarray, stream: int) -> dict[str, Any]:
+    def produce(self, sample_ids: np.ndarray, stream: int, parameters: np.ndarray | None = None) -> dict[str, Any]:
         try:
-            arrays = self.producer.produce(np.asarray(sample_ids, dtype=np.int64), stream)
+            arrays = self.producer.produce(np.asarray(sample_ids, dtype=np.int64), stream, parameters)
             return self._reply(arrays=arrays, stats=vars(self.producer.stats))
         except Exception as exc:
             return describe_failure(exc)
@@ -400,7 +400,8 @@ class RayRunner(RemoteRunner):
                 if pending and slot.ref is None and (not pinned or pending[0][0] == slot.instance_id):
                     first, last = pending.popleft()
                     if stored is None:
-                        slot.call(slot.actor.produce.remote(sample_ids[first:last], stream), (first, last))
+                        parameters = None if self.chunk_parameters is None else self.chunk_parameters[first:last]
+                        slot.call(slot.actor.produce.remote(sample_ids[first:last], stream, parameters), (first, last))
                     else:  # load_samples: the chunk's stored rows travel with it
                         rows = {name: values[first:last] for name, values in stored.items()}
                         slot.call(slot.actor.feed.remote(rows, sample_ids[first:last], stream), (first, last))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from dpx.checks import float_range, number, positive_float, positive_int, triple
+from dpx.core.space import Parameter, direction_parameters, unit_vector
 from dpx_sofa.environment import SceneError, SofaEnvironment
 
 #: The fields' shapes: ``(n_nodes, 3)`` or channel-first ``(3, nx, ny, nz)``.
@@ -35,7 +36,10 @@ class SofaBeam(SofaEnvironment):
 
     Each sample resets the beam to rest, applies one random force (uniform
     direction, magnitude drawn from ``force_range``) spread evenly over the
-    free end's nodes, and runs ``animate_steps`` time steps.
+    free end's nodes, and runs ``animate_steps`` time steps. The declared
+    sample parameters (drawn by the run's sampler) are ``force`` (the
+    magnitude), ``direction_z`` and ``direction_azimuth`` (see
+    :func:`dpx.core.space.direction_parameters`).
     :meth:`apply_prediction` shows the predicted shape in the ``prediction``
     node, which has no solver: the simulated beam stays the ground truth.
 
@@ -102,6 +106,7 @@ class SofaBeam(SofaEnvironment):
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
         self.layout = layout
+        self.define_parameters(Parameter("force", *self.force_range), *direction_parameters())
         nx, ny, nz = self.grid_resolution
         self.n_nodes = nx * ny * nz
         self.field_shape = (self.n_nodes, 3) if layout == "nodes" else (3, nx, ny, nz)
@@ -174,10 +179,10 @@ class SofaBeam(SofaEnvironment):
                         self.factory.add_mesh(rest + self._beside, cells, color="red"))
 
     def start_sample(self) -> None:
-        """Reset the beam to rest and load its free end with a new random force."""
+        """Reset the beam to rest and load its free end with the sample's force."""
         self.reset()
-        direction = self.rng.normal(size=3)
-        total = direction / np.linalg.norm(direction) * self.rng.uniform(*self.force_range)
+        magnitude, z, azimuth = self.sample_parameters.array.tolist()
+        total = magnitude * unit_vector(z, azimuth)
         self.write_data(self.load, "forces", np.tile(total / len(self.free_end), (len(self.free_end), 1)))
 
     def read_sample(self) -> None:

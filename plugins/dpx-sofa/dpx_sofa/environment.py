@@ -290,6 +290,8 @@ class SofaEnvironment(dpx.Environment):
         if self._dpx_animating:
             return
         if self._substep == 0:
+            if len(self.parameter_space):  # no pipeline draws them: SOFA runs the loop
+                self.draw_parameters()
             self.start_sample()
 
     def on_animate_end(self, event: Any) -> None:

@@ -134,6 +134,7 @@ def test_connect_predictor_checks_the_fields_now_and_when_declared_later(trained
     spring.init_database()
     spring.connect_predictor(predictor)
     spring.rng = np.random.default_rng(0)
+    spring.draw_parameters()  # outside a pipeline, the sample's parameters are drawn by hand
     spring.step()
     assert spring.get_prediction(input=spring.sample["input"])["prediction"].shape == (1,)
     declared = Mean()

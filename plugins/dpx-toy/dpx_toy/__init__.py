@@ -22,4 +22,7 @@ def dpx_environments() -> dict[str, dpx.Component]:
         "toy.heat": dpx.Component(
             "dpx_toy.heat:Heat", "2D heat diffusion on an n x n grid: field -> field some steps later"
         ),
+        "toy.resonance": dpx.Component(
+            "dpx_toy.resonance:Resonance", "Driven spring-damper: frequency and damping ratios -> amplitude (sharp ridge)"
+        ),
     }

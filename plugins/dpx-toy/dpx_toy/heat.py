@@ -28,7 +28,11 @@ class Heat(dpx.Environment):
     Each sample starts from a sum of 1 to ``max_blobs`` Gaussian blobs (centres
     anywhere on the grid, widths from ``blob_width_range`` in grid cells,
     amplitudes from ``amplitude_range``), diffused a random number of steps
-    in ``0..max_warmup_steps`` so that inputs are not all sharp blobs.
+    in ``0..max_warmup_steps`` so that inputs are not all sharp blobs. These
+    are the declared sample parameters (drawn by the run's sampler):
+    ``warmup_steps`` and ``blobs`` (integers), then ``blob{i}_row``,
+    ``blob{i}_col``, ``blob{i}_width`` and ``blob{i}_amplitude`` for each of
+    the ``max_blobs`` blobs (those past ``blobs`` are unused).
 
     Parameters: ``grid_size`` (>= 3), ``diffusivity`` (alpha, > 0), ``dx``
     (grid spacing, > 0), ``dt`` (> 0; ``diffusivity * dt / dx**2`` must not
@@ -72,6 +76,17 @@ class Heat(dpx.Environment):
         self.blob_width_range = float_range("blob_width_range", blob_width_range, minimum=0.0, strict=True)
         self.amplitude_range = float_range("amplitude_range", amplitude_range)
         self._shape = (1, self.grid_size, self.grid_size)
+        edge = self.grid_size - 1.0
+        self.define_parameters(
+            dpx.Parameter("warmup_steps", 0, self.max_warmup_steps, integer=True),
+            dpx.Parameter("blobs", 1, self.max_blobs, integer=True),
+            *(parameter for blob in range(self.max_blobs) for parameter in (
+                dpx.Parameter(f"blob{blob}_row", 0.0, edge),
+                dpx.Parameter(f"blob{blob}_col", 0.0, edge),
+                dpx.Parameter(f"blob{blob}_width", *self.blob_width_range),
+                dpx.Parameter(f"blob{blob}_amplitude", *self.amplitude_range),
+            )),
+        )
         self._cells = np.arange(self.grid_size, dtype=np.float64)
         #: The current field (float64, ``grid_size`` x ``grid_size``), set by :meth:`step`.
         self.field: np.ndarray | None = None
@@ -84,8 +99,8 @@ class Heat(dpx.Environment):
         if self._continue:
             self._continue = False
         else:
-            warmup = int(self.rng.integers(0, self.max_warmup_steps + 1))
-            self.field = self.simulate(self._random_field(), warmup)
+            parameters = self.sample_parameters.array
+            self.field = self.simulate(self.initial_field(parameters), int(parameters[0]))
         later = self.simulate(self.field, self.steps_per_sample)
         self.set_training_data(
             input=self.field.astype(np.float32).reshape(self._shape),
@@ -117,13 +132,12 @@ class Heat(dpx.Environment):
             u[1:-1, 1:-1] += r * (u[2:, 1:-1] + u[:-2, 1:-1] + u[1:-1, 2:] + u[1:-1, :-2] - 4.0 * u[1:-1, 1:-1])
         return u
 
-    def _random_field(self) -> np.ndarray:
-        """A sum of Gaussian blobs, zero on the boundary; separable, so built as
-        an outer product instead of evaluating every blob on every cell."""
-        n_blobs = int(self.rng.integers(1, self.max_blobs + 1))
-        centres = self.rng.uniform(0.0, self.grid_size - 1, size=(2, n_blobs, 1))
-        widths = self.rng.uniform(*self.blob_width_range, size=(n_blobs, 1))
-        amplitudes = self.rng.uniform(*self.amplitude_range, size=(n_blobs, 1))
+    def initial_field(self, parameters: np.ndarray) -> np.ndarray:
+        """The sum of Gaussian blobs a sample's parameters describe (before warm-up), zero on the
+        boundary; separable, so built as an outer product instead of evaluating every blob on every cell."""
+        blobs = parameters[2:].reshape(self.max_blobs, 4)[: int(parameters[1])]
+        centres = blobs[:, :2].T[:, :, None]
+        widths, amplitudes = blobs[:, 2:3], blobs[:, 3:4]
         rows, cols = np.exp(-((self._cells - centres) ** 2) / (2.0 * widths**2))
         field = (amplitudes * rows).T @ cols
         _zero_boundary(field)

@@ -27,10 +27,12 @@ class Spring(dpx.Environment):
     ``next_velocity`` (additional)
         ``float32 (1,)``: the velocity ``dt`` later.
 
-    Parameters (each ``*_range`` is a ``(low, high)`` pair the value of a
-    sample is drawn from uniformly): ``stiffness_range`` (> 0),
-    ``mass_range`` (> 0), ``damping_range`` (>= 0), ``displacement_range``,
-    ``velocity_range``, and the time step ``dt`` (> 0).
+    Parameters (each ``*_range`` is the ``(low, high)`` bounds of a declared
+    sample parameter, see :meth:`dpx.Environment.define_parameters`; the run's
+    sampler draws them): ``stiffness_range`` (> 0), ``mass_range`` (> 0),
+    ``damping_range`` (>= 0), ``displacement_range``, ``velocity_range``, and
+    the time step ``dt`` (> 0). The sample parameters are named as in
+    :data:`INPUT_ORDER`.
 
     Rollouts: normally every sample draws a fresh state. After
     :meth:`apply_prediction` the next :meth:`step` continues from the predicted
@@ -57,10 +59,7 @@ class Spring(dpx.Environment):
             float_range("mass_range", mass_range, minimum=0.0, strict=True),
             float_range("damping_range", damping_range, minimum=0.0),
         ]
-        low, high = (np.array(bounds) for bounds in zip(*ranges))
-        # low + span * random() is what Generator.uniform computes, at a
-        # fraction of its cost for array bounds.
-        self._low, self._span = low, high - low
+        self.define_parameters(*(dpx.Parameter(name, *bounds) for name, bounds in zip(INPUT_ORDER, ranges)))
         self.dt = positive_float("dt", dt)
         #: The current ``[x, v, k, m, c]`` (float64), set by :meth:`step`.
         self.state: np.ndarray | None = None
@@ -78,7 +77,7 @@ class Spring(dpx.Environment):
         if self._continue:
             self._continue = False
         else:
-            self.state = self._low + self._span * self.rng.random(len(INPUT_ORDER))
+            self.state = self.sample_parameters.array.copy()
         x_next, v_next = self.simulate(*self.state.tolist())
         self._next_velocity = v_next
         self.set_training_data(
