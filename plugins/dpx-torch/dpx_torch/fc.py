@@ -62,4 +62,6 @@ class FC(Network):
         self.dim_layers = list(dim_layers)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return self.layers(input.flatten(1)).view(-1, *self.output_shape)
+        output = self.layers(input.flatten(1))
+        # a flat target already has the layers' shape: a view would cost an autograd node every step
+        return output if len(self.output_shape) == 1 else output.view(-1, *self.output_shape)
