@@ -7,12 +7,16 @@ repetition: rows report min/median/max of both rates and of the ratio.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable
 
 import torch
 
 torch.set_num_threads(1)  # one thread everywhere: the benchmarks compare dpx's own costs
+# and dpx's own costs only: a lifecycle plugin installed here (dpx-mlflow records every run, ~20 ms
+# a run) would be measured with them; bench_training measures what a no-op one costs
+os.environ.setdefault("DPX_DISABLE_PLUGINS", "mlflow")
 
 HEADER = f"{'case':52s} {'baseline (min/med/max)':>26s} {'dpx (min/med/max)':>26s} {'ratio (min/med/max)':>20s}"
 
