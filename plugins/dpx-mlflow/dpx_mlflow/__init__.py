@@ -8,7 +8,8 @@ first run starts, never by ``python -m dpx plugins``.
 Where runs go: ``MLFLOW_TRACKING_URI`` when set (a server, a database),
 otherwise MLflow's file store in ``mlruns/`` beside the sessions
 (``<session_dir>/mlruns``), under the experiment ``MLFLOW_EXPERIMENT_NAME``
-(default ``dpx``). Keep a run out with ``disable_plugins=["mlflow"]`` (or
+(default ``dpx``). MLflow's usage telemetry stays off unless
+``MLFLOW_DISABLE_TELEMETRY=false`` is set. Keep a run out with ``disable_plugins=["mlflow"]`` (or
 ``DPX_DISABLE_PLUGINS=mlflow`` for every run).
 """
 

@@ -15,8 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus
-from mlflow.tracking import MlflowClient
+# dpx records runs on this machine by default: it does not opt its users into MLflow's usage
+# telemetry (reports to mlflow-telemetry.io). Set MLFLOW_DISABLE_TELEMETRY=false to allow it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 #: Parameters and metrics per request (MLflow's own limits are 100 and 1000).
 BATCH = 100

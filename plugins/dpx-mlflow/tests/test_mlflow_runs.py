@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -117,3 +120,23 @@ def test_a_failed_run_is_a_failed_mlflow_run_saying_why(tmp_path, mlflow_joins):
 
 def test_listing_plugins_imports_no_mlflow():
     assert_light_import("dpx_mlflow", heavy=("mlflow", "torch", "tensorboard"))
+
+
+def test_mlflow_usage_telemetry_is_off_unless_the_user_turns_it_on(tmp_path):
+    """Outside a test runner and CI, MLflow reports usage to a remote service; dpx does not opt users in."""
+    probe = ("import dpx_mlflow.tracking\n"
+             "from mlflow.telemetry.utils import is_telemetry_disabled\n"
+             "print(is_telemetry_disabled())")
+    # what MLflow reads as "in CI or a test": any of these keeps its telemetry off whatever dpx does
+    markers = {"PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS",
+               "TF_BUILD", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE", "TEAMCITY_VERSION",
+               "CLOUD_RUN_EXECUTION", "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME", "RUNBOT_WORKER_ID",
+               "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}
+    quiet = {k: v for k, v in os.environ.items() if k not in markers}
+
+    def disabled(**extra: str) -> str:
+        return subprocess.run([sys.executable, "-c", probe], env={**quiet, **extra}, cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert disabled() == "True"
+    assert disabled(MLFLOW_DISABLE_TELEMETRY="false") == "False"
