@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from dpx.core.environment import FieldError, check_field_dtype, check_field_name
-from dpx.core.storage import MAX_DIMENSIONS, CorruptDatasetError, StorageError, open_dir, open_file
+from dpx.core.storage import MAX_DIMENSIONS, CorruptDatasetError, StorageError, open_dir, open_file, read_json
 
 log = logging.getLogger("dpx.parameters")
 
@@ -204,12 +204,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         fd = open_file(root, (FOLDER, MANIFEST), os.O_RDONLY)
     except FileNotFoundError:
         return {"format": FORMAT, "version": VERSION, "instances": {}}
-    with open(fd, "rb") as file:
-        raw = file.read(MAX_MANIFEST_BYTES + 1)
     try:
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise ValueError(f"over {MAX_MANIFEST_BYTES} bytes")
-        manifest = json.loads(raw)
+        manifest = read_json(fd, MAX_MANIFEST_BYTES)
         _check_manifest(manifest)
     except (ValueError, RecursionError, FieldError) as exc:
         raise CorruptDatasetError(f"{path} is unreadable: {str(exc)[:300]}") from None

@@ -145,6 +145,19 @@ def open_file(root: Path, parts: tuple[str, ...], flags: int) -> int:
     return fd
 
 
+def read_json(fd: int, limit: int = MAX_INDEX_BYTES) -> Any:
+    """The JSON document in the open file ``fd`` (closed after reading), refused unparsed when it is
+    over ``limit`` bytes: a crafted file must not make dpx read or parse gigabytes.
+
+    Raises ValueError (too long, not JSON) or RecursionError (nested too deep).
+    """
+    with open(fd, "rb") as file:
+        text = file.read(limit + 1)
+    if len(text) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return json.loads(text)
+
+
 @dataclass(frozen=True)
 class FieldLayout:
     """How one field of one mode is laid out on disk."""
@@ -310,12 +323,8 @@ class MemmapStorage:
     def _load_index(self, name: str) -> tuple[dict[str, Any], tuple[int, int]]:
         """The index file ``name``, validated, and its stamp (see :meth:`_stamp`)."""
         fd = self._open_file((name,), os.O_RDONLY)
-        with open(fd, "rb") as file:
-            info = os.fstat(fd)
-            text = file.read(MAX_INDEX_BYTES + 1)
-        if len(text) > MAX_INDEX_BYTES:
-            raise ValueError(f"larger than {MAX_INDEX_BYTES} bytes")
-        index = json.loads(text)
+        info = os.fstat(fd)
+        index = read_json(fd)
         validate_index(index)
         return index, (info.st_ino, info.st_mtime_ns)
 

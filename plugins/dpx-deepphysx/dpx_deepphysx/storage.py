@@ -30,7 +30,6 @@ normalises exactly as DeepPhysX did.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import os
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from dpx.core.environment import FieldError, check_field_name
-from dpx.core.storage import MAX_INDEX_BYTES, CorruptDatasetError, FieldLayout, StorageError, check_field_layout
+from dpx.core.storage import CorruptDatasetError, FieldLayout, StorageError, check_field_layout, read_json
 from dpx_deepphysx.unpickle import load_array
 
 INDEX = "dataset.json"
@@ -142,12 +141,8 @@ class DeepPhysXStorage:
             if not os.path.lexists(self.path / INDEX):
                 raise StorageError(f"{self.path} holds no dataset ({INDEX} not found)") from None
             raise
-        with open(fd, "rb") as file:
-            text = file.read(MAX_INDEX_BYTES + 1)
         try:
-            if len(text) > MAX_INDEX_BYTES:
-                raise ValueError(f"larger than {MAX_INDEX_BYTES} bytes")
-            index = json.loads(text)
+            index = read_json(fd)
             if not isinstance(index, dict) or not isinstance(index.get("partitions"), dict):
                 raise ValueError("no 'partitions' object: not a DeepPhysX dataset")
         except (ValueError, RecursionError) as exc:
