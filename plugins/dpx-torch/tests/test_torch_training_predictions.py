@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
 import dpx
 from dpx.core.config import ConfigError
+from dpx.testing import saved_answers
 from dpx.testing_envs import Consulting
 
 NETWORK = dpx.NetworkConfig("fc", network_kwargs={"hidden": [16]}, lr=1e-2, save_each_epoch=True)
 BATCH_NB, BATCH_SIZE = 3, 16
 
 
-def answers(session, inputs, which):
-    """What the network saved after epoch ``which`` predicts for ``inputs`` (its saved normalisation applied)."""
-    predictor = dpx.load_predictor(session, dataclasses.replace(NETWORK, which_network=which))
-    return predictor.backend.predict({"input": inputs})["ground_truth"]
+def answers(session, inputs, epoch):
+    return saved_answers(session, NETWORK, epoch, inputs)
 
 
 @pytest.mark.parametrize("normalize", [False, True])
