@@ -153,6 +153,19 @@ def assert_light_import(module: str, heavy: Iterable[str] = HEAVY_MODULES) -> No
     assert not imported, f"importing {module} pulls in heavy modules {imported}; import them where they are used"
 
 
+def saved_answers(session: str | Path, network_config: Any, epoch: int, inputs: np.ndarray) -> np.ndarray:
+    """What the network a Training saved after ``epoch`` (``save_each_epoch``) predicts for ``inputs``, its
+    saved normalisation applied: what environments asking it during the next epoch's first batch stored."""
+    import dataclasses
+
+    from dpx.core.predictor import load_predictor
+
+    predictor = load_predictor(session, dataclasses.replace(network_config, which_network=epoch))
+    (field,) = predictor.input_fields
+    (answers,) = predictor.backend.predict({field: inputs}).values()
+    return answers
+
+
 def waiting_runner(runner_kwargs: dict[str, Any]) -> tuple[Any, Any, dict[str, BaseException]]:
     """A multiprocess runner of one ``Noise`` environment waiting for hand-started workers (``spawn=False``),
     starting in a thread: ``(runner, thread, outcome)``, ``outcome["error"]`` holding what ``start()`` raised.

@@ -118,6 +118,28 @@ class Asking(dpx.Environment):
         np.testing.assert_allclose(prediction["prediction"], self.answer, rtol=1e-5)
 
 
+class Consulting(dpx.Environment):
+    """Stores with each sample what the network answered for its input while the sample was made
+    (``asked``; zeros without ``ask``). ``declare=False`` leaves dtypes and shapes to the first sample."""
+
+    def __init__(self, ask: bool = True, declare: bool = True):
+        self.ask, self.declare = ask, declare
+
+    def init_database(self):
+        if self.declare:
+            self.define_training_fields(("input", np.float32, (4,)), ("ground_truth", np.float32, (2,)))
+            self.define_additional_fields(("asked", np.float32, (2,)))
+        else:
+            self.define_training_fields("input", "ground_truth")
+            self.define_additional_fields("asked")
+
+    def step(self):
+        x = self.rng.normal(size=(4,)).astype(np.float32)
+        self.set_training_data(input=x, ground_truth=np.array([x.sum(), x[0] - x[1]], np.float32))
+        asked = self.get_prediction(input=x)["prediction"] if self.ask else np.zeros(2, np.float32)
+        self.set_additional_data(asked=asked)
+
+
 class Replaying(dpx.Environment):
     """Produces ``input`` and ``ground_truth = 2 * input``, or, fed a stored sample (``load_samples``),
     steps on its input: ``ground_truth = 3 * input`` and ``fed`` = 1. ``loaded`` shows the

@@ -296,14 +296,16 @@ def test_small_consecutive_batches_are_read_ahead_and_are_the_in_process_ones():
         assert remote.stats["produced"] > asked, "consecutive batches were not produced ahead"
 
 
-def test_nothing_is_read_ahead_while_environments_may_ask_for_predictions():
-    from dpx.testing_envs import Noise
+@pytest.mark.parametrize(("environment", "read_ahead"), [("Consulting", False), ("Noise", True)])
+def test_nothing_is_read_ahead_once_environments_ask_for_predictions(environment, read_ahead):
+    """Training connects its network to every runner: environments that never ask lose nothing."""
+    from dpx import testing_envs
 
-    remote = MultiprocessRunner(dpx.EnvironmentConfig(Noise, runner="multiprocess", workers=2, seed=3),
-                                resolve_seed(3)[1])
+    remote = MultiprocessRunner(dpx.EnvironmentConfig(getattr(testing_envs, environment), runner="multiprocess",
+                                                      workers=2, seed=3), resolve_seed(3)[1])
     remote.read_ahead_seconds = 3600.0
     with remote:
-        remote.connect(lambda inputs: {"prediction": inputs["input"]})
+        remote.connect(lambda inputs: {"prediction": inputs["input"][:2]})
         for first in range(0, 128, 32):
             remote.produce(np.arange(first, first + 32))
-        assert remote.stats["produced"] == 128
+        assert (remote.stats["produced"] > 128) is read_ahead

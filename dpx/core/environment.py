@@ -297,15 +297,16 @@ class Environment:
         """Ask the network for a prediction on ``inputs`` (e.g. ``input=array``).
 
         Available in the Prediction pipeline, where the request travels to the
-        process holding the network and back, and outside pipelines through
-        :meth:`connect_predictor`. Training offers none yet: its network
-        changes in another thread while the environments produce.
+        process holding the network and back; in Training, where the network
+        being trained answers with its weights of the moment (between two
+        optimisation steps, in eval mode, with the training's normalisation);
+        and outside pipelines through :meth:`connect_predictor`.
         """
         predictor = getattr(self, "_predictor", None)
         if predictor is None:
             raise RuntimeError(
                 f"{type(self).__name__}.get_prediction() needs a network: "
-                "it is available in the Prediction pipeline (not in DataGeneration, nor yet in Training); "
+                "it is available in the Prediction and Training pipelines (not in DataGeneration); "
                 "outside a pipeline, connect one with connect_predictor(dpx.load_predictor(session))"
             )
         return predictor(inputs)

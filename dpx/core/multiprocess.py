@@ -478,10 +478,11 @@ class MultiprocessRunner(RemoteRunner):
 
     def _answer_prediction(self, worker: _Worker, inputs: dict[str, np.ndarray]) -> None:
         deadline = worker.since + self.options.timeout
+        self.predictions_asked = True
         try:
             if self.predictor is None:
                 worker.channel.send({"type": "no_prediction", "error": (
-                    "get_prediction() needs a network: it is available in the Prediction pipeline")},
+                    "get_prediction() needs a network: it is available in the Prediction and Training pipelines")},
                     deadline)
                 return
             worker.channel.send({"type": "prediction", "prediction": self.predictor(inputs)}, deadline)

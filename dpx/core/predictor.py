@@ -10,14 +10,16 @@ asks it directly::
     env.get_prediction(input=forces)["prediction"]
 
 The Prediction pipeline answers its environments' requests with the same
-:class:`Predictor`. Importing this module imports no AI framework; loading
-does (through the backend named in the network's config).
+:class:`Predictor`, and the Training pipeline with the network it is training
+(:class:`TrainingPredictor`). Importing this module imports no AI framework;
+loading does (through the backend named in the network's config).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -130,6 +132,36 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"<Predictor {self.checkpoint}>"
+
+
+class TrainingPredictor:
+    """The network a Training is training, answering its environments' ``get_prediction``.
+
+    The environments produce in another thread (and, through it, in worker
+    processes) while the pipeline trains, so a prediction and a training step
+    take turns on :attr:`lock`: a request sees the weights between two steps,
+    never half an update. The backend's ``predict`` runs in eval mode with no
+    autograd graph and draws no random number, and the next step puts the
+    network back in train mode, so training goes on as if nobody had asked.
+    Until :meth:`serve` hands it the network, a request raises a
+    :class:`ConfigError` saying why there is none yet (:attr:`unavailable`).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.unavailable = "the network is not built yet"
+        self._predictor: Predictor | None = None
+
+    def serve(self, predictor: Predictor) -> None:
+        """Answer the requests with ``predictor`` (its backend is the one the pipeline trains under :attr:`lock`)."""
+        self._predictor = predictor
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        predictor = self._predictor
+        if predictor is None:
+            raise ConfigError(f"get_prediction() in Training: {self.unavailable}")
+        with self.lock:
+            return predictor(inputs)
 
 
 def load_predictor(session_or_network_dir: str | Path, network_config: NetworkConfig | None = None) -> Predictor:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dpx.core.config import ConfigError
 from dpx.core.environment import Environment, Field, FieldError
 from dpx.core.space import PARAMETERS_FIELD
 
@@ -40,6 +41,12 @@ class EnvironmentFailure(RuntimeError):
 
 class SampleError(RuntimeError):
     """A sample could not be produced (refused too often, non-finite values...)."""
+
+
+#: Raised through as they are, not wrapped with the environment's traceback: the environment broke
+#: dpx's contract (a field, a sample), or asked what the pipeline cannot give (get_prediction() in
+#: Training before its network exists).
+CONTRACT_BREACHES = (FieldError, SampleError, ConfigError)
 
 
 def resolve_seed(seed: int | None) -> tuple[int, np.ndarray]:
@@ -304,7 +311,7 @@ class SampleProducer:
                 sample.clear()
                 try:
                     step()
-                except (FieldError, SampleError):
+                except CONTRACT_BREACHES:
                     raise
                 except Exception as exc:
                     raise self._step_error(ids[row], exc) from exc
@@ -420,7 +427,7 @@ class SampleProducer:
                 for _ in range(self.simulations_per_step):
                     self._step()
                 accepted = env.check_sample() if self._checks else True
-            except (FieldError, SampleError):
+            except CONTRACT_BREACHES:
                 raise
             except Exception as exc:
                 raise self._step_error(sample_id, exc) from exc
@@ -515,7 +522,7 @@ class SampleProducer:
             if inspect.isawaitable(result):
                 result = asyncio.run(result)
             return result
-        except (FieldError, SampleError):
+        except CONTRACT_BREACHES:
             raise
         except Exception as exc:
             raise self._env_error(f"{method.__name__}() raised", exc) from exc

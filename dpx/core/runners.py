@@ -249,6 +249,8 @@ class RemoteRunner(Runner):
         self._ahead: tuple[int, int, int, int] | None = None  # buffer, first id, stream, samples held
         self.chunk_parameters: np.ndarray | None = None  # the parameter vectors of the batch being produced
         self._seconds_per_sample = 0.0
+        #: Set by the subclass when an environment asks for a prediction: reading ahead stops then.
+        self.predictions_asked = False
 
     @property
     def fields(self) -> dict[str, Field]:
@@ -274,8 +276,9 @@ class RemoteRunner(Runner):
         made together with the batches that follow it, enough for about that
         much work, and the next calls asking for them are served from the
         buffer. Samples depend only on their id, so the batches are the same.
-        Nothing is read ahead for pinned batches, nor while environments may ask
-        for predictions (they would get an older network's), hand back refused
+        Nothing is read ahead for pinned batches, nor once an environment has
+        asked for a prediction (in Training, samples made ahead would carry an
+        older network's answers), nor while environments hand back refused
         samples or show samples (samples never asked for would be recorded or
         shown), nor when ``parameters`` are given (later samples' are not known
         yet); :attr:`chunk_parameters` holds them for ``_run_chunks``.
@@ -320,7 +323,7 @@ class RemoteRunner(Runner):
 
     def _may_read_ahead(self) -> bool:
         return (self.read_ahead_seconds > 0 and self.on_wrong_sample is None
-                and getattr(self, "predictor", None) is None and getattr(self, "visualizer", None) is None)
+                and not self.predictions_asked and getattr(self, "visualizer", None) is None)
 
     def _read_ahead_span(self, count: int) -> int:
         """Samples to make for a batch of ``count``: whole batches, about ``read_ahead_seconds`` of work,

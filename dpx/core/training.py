@@ -15,6 +15,14 @@ optimiser is faster than the simulations it does not wait: it replays a random
 batch of stored samples (``replay_when_starved``), and the summary counts
 those steps.
 
+Environments may ask the network being trained for predictions from their
+``step`` (``get_prediction``): a :class:`~dpx.core.predictor.TrainingPredictor`
+answers them between two optimisation steps (the steps hold its lock). The
+network is therefore built before production starts whenever nothing has to
+be learnt from the first batch (the fields' dtypes and shapes are declared or
+stored, the normalisation is stored or off); otherwise a request during that
+first batch raises a ConfigError saying what to change.
+
 After every epoch the last network is saved as a checkpoint holding what an
 exact resume needs: weights, optimiser state, the epoch and step reached, the
 RNG states, the normalisation and the first sample id the next producing
@@ -48,6 +56,7 @@ epoch's end.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -83,6 +92,7 @@ from dpx.core.network import (
     saved_normalization,
     with_saved_kwargs,
 )
+from dpx.core.predictor import Predictor, TrainingPredictor
 from dpx.core.preflight import (
     SetUp,
     check_batch_memory,
@@ -369,6 +379,8 @@ class Training:
                 parameters.give(run.runner, database.path)
                 run.runner.start()
                 parameters.keep(run.runner, None if self._feeds_only else database.path)
+                with contextlib.suppress(NotImplementedError):  # a runner routing no request: its environments hear of no network
+                    run.runner.connect(run.predictor)
             summary = run.train(backend_class, checkpoint)
             return summary
         except BaseException as exc:
@@ -400,6 +412,11 @@ class _Run:
         self.runner: Any = None
         self.feed: _Feed | None = None
         self.backend: Any = None
+        #: Answers the environments' ``get_prediction`` with the network trained here; steps hold its lock.
+        self.predictor = TrainingPredictor()
+        self.lock = self.predictor.lock
+        #: Whether the first produced batch is still awaited (the trainer then blocks on it, uncounted).
+        self.awaiting_first = False
         self.stats: Stats | None = None
         self.progress: Progress | None = None
         self.step = self.samples = self.starved = self.replayed = 0
@@ -451,17 +468,23 @@ class _Run:
         self.stats.resume(self.step, first_epoch - 1, extra.get("stats") if continuing else None)
         moments = self.database.normalization  # before this run stores anything
         producing = first_epoch < self.p.epoch_nb and self._producing(first_epoch)
-        batches = self._epoch_batches(first_epoch, hold=not continuing)
-        first_batch = next(batches) if producing else None
-        self.specs = self._field_specs(first_batch)
-        self.normalization = self._normalization(checkpoint, extra, moments, first_batch)
-        self.backend = backend_class(self.config, self.specs, self.normalization, seed=self.seed)
-        if checkpoint is not None:
-            self.backend.load(checkpoint, training=True)
+        first_batch, waits = None, self._network_waits(extra, moments) if producing else None
+        if waits is None:  # built before production, so the environments can ask it from their first sample
+            self._build(backend_class, checkpoint, extra, moments, None)
+        else:
+            self.predictor.unavailable = f"the network is built from the first batch, which this sample is part of: {waits}"
+        # held until the network is saved, and while it is built from the first batch (the next would ask it)
+        batches = self._epoch_batches(first_epoch, hold=not continuing or waits is not None)
+        if producing:
+            self.awaiting_first = True
+            first_batch = next(batches)
+            self.awaiting_first = False
+        if self.backend is None:
+            self._build(backend_class, checkpoint, extra, moments, first_batch)
         if producing and not continuing:
             self._save(first_epoch - 1)  # the resume point of an epoch 0 interrupted before its end
-            if self.feed is not None:
-                self.feed.release()
+        if producing and self.feed is not None:
+            self.feed.release()
         per_epoch = self._batches_per_epoch()
         total = per_epoch * self.p.epoch_nb
         self.progress = Progress(total, desc="train", unit="batch", initial=per_epoch * first_epoch, enabled=self.p.progress,
@@ -500,6 +523,39 @@ class _Run:
             epoch_loss, validation, elapsed, self.samples, self.starved, self.replayed, str(stopped) if stopped else None,
         )
 
+    def _build(self, backend_class: type, checkpoint: Path | None, extra: dict | None, moments: dict,
+               first_batch: dict[str, np.ndarray] | None) -> None:
+        """Build the backend (from ``checkpoint`` when given) and let the environments ask it."""
+        self.specs = self._field_specs(first_batch)
+        self.normalization = self._normalization(checkpoint, extra, moments, first_batch)
+        self.backend = backend_class(self.config, self.specs, self.normalization, seed=self.seed)
+        if checkpoint is not None:
+            self.backend.load(checkpoint, training=True)
+        path = checkpoint_path(self.session.network_dir, self.config.network_name)
+        self.predictor.serve(Predictor(self.backend, self.specs, path, self.config))
+
+    def _network_waits(self, extra: dict | None, moments: dict) -> str | None:
+        """Why the network can only be built from the first produced batch, and what to change; None when it need not."""
+        if "training" not in self.database.modes and self._declared_specs() is None:
+            return (f"declare the dtype and shape of the fields {self.fields} in define_training_fields() "
+                    "(e.g. ('input', np.float32, (3,))) to have it built before")
+        if self.p.database_config.normalize and not moments and not (extra and extra.get("normalization") is not None):
+            return ("with DatabaseConfig(normalize=True) and no stored sample, the normalisation comes from that batch; "
+                    "start from a trained network (NetworkConfig(network_dir=...)), extend a dataset holding samples "
+                    "(existing_dir=...) or set normalize=False")
+        return None
+
+    def _declared_specs(self) -> dict[str, tuple[np.dtype, tuple[int, ...]]] | None:
+        """The network's fields as the environments declared them, or None when one lacks its dtype or shape."""
+        declared = self.runner.fields if self.runner is not None else {}
+        specs = {}
+        for name in self.fields:
+            field = declared.get(name)
+            if field is None or field.dtype is None or field.shape is None:
+                return None
+            specs[name] = (field.dtype, tuple(field.shape))
+        return specs
+
     def _track_best(self, epoch: int, loss: float) -> bool:
         """Whether ``loss`` beats the best so far by more than ``min_delta`` (the best network is then this one)."""
         best = self.best
@@ -529,6 +585,8 @@ class _Run:
             specs = {name: (a.dtype, a.shape[1:]) for name, a in first_batch.items()}
         elif "training" in self.database.modes:
             specs = self.database.fields("training")
+        elif (declared := self._declared_specs()) is not None:
+            specs = declared
         else:
             raise TrainingError(f"the dataset {self.database.path} holds no training samples; generate data first")
         missing = [name for name in self.fields if name not in specs]
@@ -602,11 +660,11 @@ class _Run:
                 yield head
                 continue
             while True:
-                batch = self.feed.get(block=self.backend is None)  # the first batch is awaited, not counted
+                batch = self.feed.get(block=self.awaiting_first)  # the first batch is awaited, not counted
                 if batch is not None:
                     break
                 count = self._stored()
-                if self.p.replay_when_starved and self.backend is not None and count >= size:
+                if self.p.replay_when_starved and count >= size:
                     self.replayed += 1
                     yield self.database.read("training", self.fields, np.sort(self.rng.choice(count, size, replace=False)))
                     continue
@@ -623,7 +681,8 @@ class _Run:
 
     def _train_batch(self, epoch: int, batch: dict[str, np.ndarray]) -> float:
         try:
-            metrics = self.backend.train_batch(batch)
+            with self.lock:  # environments asking for predictions wait for the step's end
+                metrics = self.backend.train_batch(batch)
         except NonFiniteLossError as exc:
             path = self._save(epoch - 1, last_good=True)
             raise TrainingError(
@@ -656,7 +715,8 @@ class _Run:
         losses, weights = [], []
         for batch in self.database.batches(mode, self.p.batch_size, shuffle=False, fields=self.fields,
                                            indices=self.validation_ids):
-            losses.append(self.backend.validation_loss(batch))
+            with self.lock:
+                losses.append(self.backend.validation_loss(batch))
             weights.append(len(batch[self.fields[0]]))
         return float(np.average(losses, weights=weights))
 

@@ -5,7 +5,7 @@ Each sample: ``input`` is a random cloud of ``n_points`` points in 3D,
 example shows its feature on the same small environment:
 
 * ``ask``: ``step`` asks the network for its prediction of the cloud's mean
-  (``get_prediction``), available in Prediction;
+  (``get_prediction``), available in Prediction and Training;
 * ``interrupt_at``: sample that many raises a Ctrl-C (for the resume example);
 * a viewer shows the cloud and the predicted mean (``init_visualization``);
 * fed a stored sample (``load_samples``), ``step`` moves the stored cloud

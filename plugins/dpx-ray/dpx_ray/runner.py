@@ -55,7 +55,7 @@ from dpx.core.runners import (
 log = logging.getLogger("dpx.ray")
 
 #: Message the environments get when they ask for a prediction no network can answer.
-NO_NETWORK = "get_prediction() needs a network: it is available in the Prediction pipeline"
+NO_NETWORK = "get_prediction() needs a network: it is available in the Prediction and Training pipelines"
 
 
 @dataclass
@@ -352,6 +352,7 @@ class RayRunner(RemoteRunner):
     def _answer_prediction(self) -> None:
         request, inputs = ray.get(self._asking)
         self._asking = self._mailbox.take.remote()
+        self.predictions_asked = True
         if self.predictor is None:
             self._mailbox.answer.remote(request, None, NO_NETWORK)
         else:  # Ray hands out read-only arrays; the network gets writable ones, as in-process

@@ -11,12 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dpx
 from dpx.core.config import ConfigError
 from dpx.core.runners import WorkerError
-from dpx.testing import RunnerChecks, assert_light_import
+from dpx.testing import RunnerChecks, assert_light_import, saved_answers
 
 ray = pytest.importorskip("ray")
 
@@ -73,6 +74,20 @@ def test_an_actor_failing_every_time_stops_the_run_cleanly(checks):
 
 def test_get_prediction_travels_to_the_driver_and_back(checks):
     checks.predictions()
+
+
+def test_environments_ask_the_network_being_trained_from_their_actors(tmp_path):
+    from dpx.testing_envs import Consulting
+
+    network = dpx.NetworkConfig("fc", network_kwargs={"hidden": [16]}, lr=1e-2, save_each_epoch=True)
+    environment = dpx.EnvironmentConfig(Consulting, seed=0, runner="ray", workers=2, always_produce=True)
+    summary = dpx.Training(network, dpx.DatabaseConfig(), environment, session_dir=str(tmp_path), session_name="net",
+                           epoch_nb=2, batch_nb=3, batch_size=16, replay_when_starved=False, progress=False,
+                           seed=0).execute()
+    stored = dpx.open_database(summary.session_path).read("training")
+    first = slice(48, 64)  # epoch 1's first batch, made asking the network saved after epoch 0 (see dpx-torch's tests)
+    np.testing.assert_allclose(stored["asked"][first], saved_answers(summary.session_path, network, 0, stored["input"][first]),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_stored_samples_and_parameters_reach_the_actors_as_in_process(checks):
