@@ -97,9 +97,10 @@ def _parser() -> argparse.ArgumentParser:
         "(EnvironmentConfig; the environment must declare parameters), [network] (NetworkConfig of each ensemble "
         "member; its input is the samples' parameters), [database] (DatabaseConfig) and [pipeline] (session_dir, "
         "session_name, new_session, initial_sampler, initial_samples, batch_size, max_simulations, max_seconds, "
-        "ensemble, pool_size, pool_sampler, diversity, validation_samples, epoch_nb, train_batch_size, warm_start, "
-        "seed). Prints, round by round, the simulations spent and the validation error; every round is recorded "
-        "in session.json, and pipeline.new_session=false resumes after the last one.",
+        "ensemble, scoring (ensemble or mc_dropout), mc_samples, pool_size, pool_sampler, diversity, "
+        "validation_samples, epoch_nb, train_batch_size, warm_start, seed). Prints, round by round, the "
+        "simulations spent and the validation error; every round is recorded in session.json, and "
+        "pipeline.new_session=false resumes after the last one.",
         epilog="Example: python -m dpx learn examples/resonance_learn.toml pipeline.max_simulations=64",
     )
     _add_job_arguments(learn)

@@ -95,6 +95,7 @@ CONTRACTS: dict[str, Contract] = {
     "dpx_network_backends": Contract(
         "a class built as cls(config, fields, normalization, seed)",
         methods=("train_batch", "validation_loss", "predict", "save", "load", "read_extra", "parameter_histograms"),
+        optional=("check", "find_checkpoint", "predict_with_dropout"),
     ),
     "dpx_losses": Contract("a class built as cls(**loss_kwargs) whose instances are called as loss(prediction, target)",
                            methods=("__call__",)),
@@ -160,6 +161,9 @@ def dpx_network_backends():
       :class:`dpx.core.training.NonFiniteLossError` before the step is applied;
     * ``validation_loss(batch) -> float``;
     * ``predict(inputs) -> {target field: array}``, de-normalised;
+    * ``predict_with_dropout(inputs, passes, seed=None)`` (optional): ``passes``
+      predictions with the network's dropout on, stacked on a first axis (for
+      active learning's ``scoring="mc_dropout"``);
     * ``save(path, extra)`` writes a checkpoint (weights, optimiser state and
       the JSON-able ``extra``) atomically; ``load(path, training) -> extra``
       reads one without running arbitrary code; the classmethod
