@@ -121,8 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         help="describe a session: fields, counts, normalisation, networks",
         description="Describe a session folder (or a dataset folder): its runs, the fields, shapes, "
         "dtypes and sample counts of each mode, normalisation statistics and saved networks.",
+        epilog="Example: python -m dpx info sessions/my_deepphysx_data --storage deepphysx",
     )
     info.add_argument("session", help="a session folder, e.g. sessions/spring")
+    info.add_argument("--storage", default="memmap",
+                      help="the storage backend of its dataset: memmap (dpx's, the default), deepphysx for a "
+                      "DeepPhysX session or dataset (see `python -m dpx plugins`: storage_backends)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(run=_info)
 
@@ -255,11 +259,11 @@ def _worker(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from dpx.core.jobs import describe_session
 
-    description = describe_session(args.session)
+    description = describe_session(args.session, args.storage)
     if args.json:
         print(json.dumps(description, indent=2))
         return 0
-    print(f"session {description['path']}")
+    print(f"session {description['path']}" + (f" (storage {args.storage})" if args.storage != "memmap" else ""))
     for run in description["runs"]:
         print(f"  run: {run}")
     for mode, entry in description["dataset"].items():
