@@ -160,13 +160,16 @@ def _parser() -> argparse.ArgumentParser:
     importer = commands.add_parser(
         "import",
         help="convert a session made by another tool (DeepPhysX) into a dpx session",
-        description="Convert a DeepPhysX 22.12 session or dataset into a new dpx session: the dataset (checked "
+        description="Convert a session made by another tool into a new dpx session, with an importer from a plugin "
+        "(hook dpx_importers); what cannot be converted is listed, and no code from the files is run. "
+        "deepphysx (the dpx-deepphysx plugin) converts a DeepPhysX 22.12 session or dataset: the dataset (checked "
         "sample by sample), the facts of info.txt and dataset.json (into session.json), FC networks (so "
-        "`dpx predict` runs them) and training curves; what cannot be converted is listed. No code from the "
-        "files is run. To train on a DeepPhysX dataset without converting it, use DatabaseConfig(storage=\"deepphysx\").",
+        "`dpx predict` runs them) and training curves. To train on a DeepPhysX dataset without converting it, "
+        "use DatabaseConfig(storage=\"deepphysx\").",
         epilog="Example: python -m dpx import deepphysx sessions/my_training --dataset sessions/my_data --out sessions/mine",
     )
-    importer.add_argument("format", choices=sorted(IMPORTERS), help="the tool that made the session")
+    importer.add_argument("format", help="the tool that made the session, e.g. deepphysx "
+                          "(see `python -m dpx plugins`: importers)")
     importer.add_argument("path", help="its session folder (or dataset folder)")
     importer.add_argument("--out", help="the dpx session to create (default: sessions/NAME; never overwritten)")
     importer.add_argument("--dataset", help="the dataset a training session's `dataset` link points at: "
@@ -185,18 +188,8 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-#: ``dpx import FORMAT``: the function converting it and the distribution providing it.
-IMPORTERS = {"deepphysx": ("dpx_deepphysx.importer", "dpx-deepphysx")}
-
-
 def _import(args: argparse.Namespace) -> int:
-    import importlib
-
-    module, distribution = IMPORTERS[args.format]
-    try:
-        importer = importlib.import_module(module)
-    except ImportError:
-        raise PluginError(f"importing {args.format} sessions needs the {distribution} plugin: pip install {distribution}") from None
+    importer = get_plugins().load("importers", args.format)()
     print(importer.import_session(args.path, out=args.out, dataset=args.dataset))
     return 0
 
