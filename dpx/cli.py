@@ -97,9 +97,10 @@ def _parser() -> argparse.ArgumentParser:
         "(EnvironmentConfig; the environment must declare parameters), [network] (NetworkConfig of each ensemble "
         "member; its input is the samples' parameters), [database] (DatabaseConfig) and [pipeline] (session_dir, "
         "session_name, new_session, initial_sampler, initial_samples, batch_size, max_simulations, max_seconds, "
-        "ensemble, pool_size, pool_sampler, diversity, validation_samples, epoch_nb, train_batch_size, warm_start, "
-        "seed). Prints, round by round, the simulations spent and the validation error; every round is recorded "
-        "in session.json, and pipeline.new_session=false resumes after the last one.",
+        "ensemble, scoring (ensemble or mc_dropout), mc_samples, pool_size, pool_sampler, diversity, "
+        "validation_samples, epoch_nb, train_batch_size, warm_start, seed). Prints, round by round, the "
+        "simulations spent and the validation error; every round is recorded in session.json, and "
+        "pipeline.new_session=false resumes after the last one.",
         epilog="Example: python -m dpx learn examples/resonance_learn.toml pipeline.max_simulations=64",
     )
     _add_job_arguments(learn)
@@ -120,8 +121,12 @@ def _parser() -> argparse.ArgumentParser:
         help="describe a session: fields, counts, normalisation, networks",
         description="Describe a session folder (or a dataset folder): its runs, the fields, shapes, "
         "dtypes and sample counts of each mode, normalisation statistics and saved networks.",
+        epilog="Example: python -m dpx info sessions/my_deepphysx_data --storage deepphysx",
     )
     info.add_argument("session", help="a session folder, e.g. sessions/spring")
+    info.add_argument("--storage", default="memmap",
+                      help="the storage backend of its dataset: memmap (dpx's, the default), deepphysx for a "
+                      "DeepPhysX session or dataset (see `python -m dpx plugins`: storage_backends)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(run=_info)
 
@@ -155,13 +160,16 @@ def _parser() -> argparse.ArgumentParser:
     importer = commands.add_parser(
         "import",
         help="convert a session made by another tool (DeepPhysX) into a dpx session",
-        description="Convert a DeepPhysX 22.12 session or dataset into a new dpx session: the dataset (checked "
+        description="Convert a session made by another tool into a new dpx session, with an importer from a plugin "
+        "(hook dpx_importers); what cannot be converted is listed, and no code from the files is run. "
+        "deepphysx (the dpx-deepphysx plugin) converts a DeepPhysX 22.12 session or dataset: the dataset (checked "
         "sample by sample), the facts of info.txt and dataset.json (into session.json), FC networks (so "
-        "`dpx predict` runs them) and training curves; what cannot be converted is listed. No code from the "
-        "files is run. To train on a DeepPhysX dataset without converting it, use DatabaseConfig(storage=\"deepphysx\").",
+        "`dpx predict` runs them) and training curves. To train on a DeepPhysX dataset without converting it, "
+        "use DatabaseConfig(storage=\"deepphysx\").",
         epilog="Example: python -m dpx import deepphysx sessions/my_training --dataset sessions/my_data --out sessions/mine",
     )
-    importer.add_argument("format", choices=sorted(IMPORTERS), help="the tool that made the session")
+    importer.add_argument("format", help="the tool that made the session, e.g. deepphysx "
+                          "(see `python -m dpx plugins`: importers)")
     importer.add_argument("path", help="its session folder (or dataset folder)")
     importer.add_argument("--out", help="the dpx session to create (default: sessions/NAME; never overwritten)")
     importer.add_argument("--dataset", help="the dataset a training session's `dataset` link points at: "
@@ -180,18 +188,8 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-#: ``dpx import FORMAT``: the function converting it and the distribution providing it.
-IMPORTERS = {"deepphysx": ("dpx_deepphysx.importer", "dpx-deepphysx")}
-
-
 def _import(args: argparse.Namespace) -> int:
-    import importlib
-
-    module, distribution = IMPORTERS[args.format]
-    try:
-        importer = importlib.import_module(module)
-    except ImportError:
-        raise PluginError(f"importing {args.format} sessions needs the {distribution} plugin: pip install {distribution}") from None
+    importer = get_plugins().load("importers", args.format)()
     print(importer.import_session(args.path, out=args.out, dataset=args.dataset))
     return 0
 
@@ -254,11 +252,11 @@ def _worker(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     from dpx.core.jobs import describe_session
 
-    description = describe_session(args.session)
+    description = describe_session(args.session, args.storage)
     if args.json:
         print(json.dumps(description, indent=2))
         return 0
-    print(f"session {description['path']}")
+    print(f"session {description['path']}" + (f" (storage {args.storage})" if args.storage != "memmap" else ""))
     for run in description["runs"]:
         print(f"  run: {run}")
     for mode, entry in description["dataset"].items():

@@ -71,6 +71,7 @@ REGISTRY_KINDS: dict[str, str] = {
     "dpx_visualizers": "visualizer",
     "dpx_stats_writers": "stats writer",
     "dpx_exporters": "exporter",
+    "dpx_importers": "importer",
     "dpx_samplers": "sampler",
 }
 
@@ -95,6 +96,7 @@ CONTRACTS: dict[str, Contract] = {
     "dpx_network_backends": Contract(
         "a class built as cls(config, fields, normalization, seed)",
         methods=("train_batch", "validation_loss", "predict", "save", "load", "read_extra", "parameter_histograms"),
+        optional=("check", "find_checkpoint", "predict_with_dropout"),
     ),
     "dpx_losses": Contract("a class built as cls(**loss_kwargs) whose instances are called as loss(prediction, target)",
                            methods=("__call__",)),
@@ -114,6 +116,7 @@ CONTRACTS: dict[str, Contract] = {
     "dpx_stats_writers": Contract("a class built as cls(stats_dir)", methods=("scalar", "histogram", "close"),
                                   optional=("flush",)),
     "dpx_exporters": Contract("a class built as cls(**exporter_kwargs)", methods=("export",)),
+    "dpx_importers": Contract("a class built as cls()", methods=("import_session",)),
     "dpx_samplers": Contract("a class built as cls(space, seed=..., size=..., **sampler_kwargs)",
                              methods=("ask", "tell", "state", "restore")),
 }
@@ -160,6 +163,9 @@ def dpx_network_backends():
       :class:`dpx.core.training.NonFiniteLossError` before the step is applied;
     * ``validation_loss(batch) -> float``;
     * ``predict(inputs) -> {target field: array}``, de-normalised;
+    * ``predict_with_dropout(inputs, passes, seed=None)`` (optional): ``passes``
+      predictions with the network's dropout on, stacked on a first axis (for
+      active learning's ``scoring="mc_dropout"``);
     * ``save(path, extra)`` writes a checkpoint (weights, optimiser state and
       the JSON-able ``extra``) atomically; ``load(path, training) -> extra``
       reads one without running arbitrary code; the classmethod
@@ -202,6 +208,35 @@ def dpx_exporters():
         @dpx.hookimpl
         def dpx_exporters():
             return {"onnx": dpx.Component("dpx_torch.export:OnnxExporter", "ONNX, through torch.onnx")}
+    """
+
+
+@hookspec
+def dpx_importers():
+    """Sessions made by other tools, converted into dpx sessions by ``python -m dpx import NAME PATH``.
+
+    Each component is a class built as ``cls()``, with:
+
+    * ``import_session(path, out=None, dataset=None) -> report``: convert the
+      session (or dataset) folder ``path`` into a new dpx session ``out``
+      (default ``sessions/<its name>``; an existing folder is never
+      overwritten: ``NAME_1``, ``NAME_2``...) and return a report, whose
+      ``str()`` the command prints: the session made and everything that
+      could not be converted (listed, never dropped). ``dataset`` is a dataset
+      the user names for a session that refers to one elsewhere (an importer
+      follows such a reference only to a dataset named); a format without
+      such references refuses it.
+
+    The files are untrusted input: reading them runs no code from them. A
+    folder that cannot be converted raises ``ValueError`` or ``OSError``
+    naming the file and what is wrong (dpx reports it as one line) and leaves
+    no half-written session behind.
+
+    Example::
+
+        @dpx.hookimpl
+        def dpx_importers():
+            return {"deepphysx": dpx.Component("dpx_deepphysx.importer:DeepPhysXImporter", "DeepPhysX 22.12 sessions")}
     """
 
 

@@ -159,7 +159,8 @@ FIRST_PARTY: tuple[FirstParty, ...] = (
     FirstParty("tensorboard", "dpx-tensorboard", "TensorBoard training curves", {"stats_writers": ("tensorboard",)}),
     FirstParty("ray", "dpx-ray", "environments on a Ray cluster", {"runners": ("ray",)}),
     FirstParty("onnx", "dpx-onnx", "exported ONNX networks on onnxruntime, without torch", {"network_backends": ("onnx",)}),
-    FirstParty("deepphysx", "dpx-deepphysx", "DeepPhysX datasets read safely, and `dpx import deepphysx`", {"storage_backends": ("deepphysx",)}),
+    FirstParty("deepphysx", "dpx-deepphysx", "DeepPhysX datasets read safely, and `dpx import deepphysx`",
+               {"storage_backends": ("deepphysx",), "importers": ("deepphysx",)}),
     FirstParty("mlflow", "dpx-mlflow", "every run tracked as an MLflow run (lifecycle hooks)", {}),
 )
 

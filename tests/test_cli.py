@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -70,9 +71,49 @@ def test_help_describes_the_commands(tmp_path):
 
 def test_import_without_the_plugin_says_what_to_install(monkeypatch, capsys):
     import dpx.cli
+    import dpx.plugins
 
-    monkeypatch.setitem(dpx.cli.IMPORTERS, "deepphysx", ("dpx_not_installed.importer", "dpx-deepphysx"))
+    monkeypatch.setattr(dpx.plugins, "_plugins", dpx.plugins.Plugins(entry_points=False))
     assert dpx.cli.main(["import", "deepphysx", "somewhere"]) == 2
     assert capsys.readouterr().err == (
-        "dpx import: error: importing deepphysx sessions needs the dpx-deepphysx plugin: pip install dpx-deepphysx\n"
+        "dpx import: error: unknown importer 'deepphysx'; available: none. "
+        "Importer 'deepphysx' comes with the dpx-deepphysx plugin: pip install dpx-deepphysx.\n"
     )
+
+
+TOOL_IMPORTER = """
+import dpx
+from pathlib import Path
+
+
+class ToolImporter:
+    def import_session(self, path, out=None, dataset=None):
+        out = Path(out or "sessions/tool")
+        out.mkdir(parents=True)
+        (out / "source.txt").write_text(Path(path, "run.txt").read_text())
+        return f"imported {path} into {out} (dataset: {dataset})"
+
+
+@dpx.hookimpl
+def dpx_importers():
+    return {"tool": dpx.Component("tool_importer:ToolImporter", "sessions of a made-up tool")}
+"""
+
+
+def test_a_third_party_importer_is_reachable_from_dpx_import(tmp_path, monkeypatch, dpx_plugin, capsys):
+    import dpx.cli
+
+    module = types.ModuleType("tool_importer")
+    exec(TOOL_IMPORTER, module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    dpx_plugin(module, name="tool")
+    (tmp_path / "made_by_tool").mkdir()
+    (tmp_path / "made_by_tool" / "run.txt").write_text("42 steps")
+    out = tmp_path / "converted"
+    assert dpx.cli.main(["import", "tool", str(tmp_path / "made_by_tool"), "--out", str(out), "--dataset", "d"]) == 0
+    assert capsys.readouterr().out == f"imported {tmp_path / 'made_by_tool'} into {out} (dataset: d)\n"
+    assert (out / "source.txt").read_text() == "42 steps"
+    assert dpx.cli.main(["plugins"]) == 0
+    assert "importers: tool" in capsys.readouterr().out
+    assert dpx.cli.main(["import", "tol", "somewhere"]) == 2
+    assert "unknown importer 'tol' (did you mean 'tool'?)" in capsys.readouterr().err

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 import pytest
 
@@ -39,8 +42,41 @@ def learning(tmp_path, environment="toy.resonance", **kwargs):
     ("toy.resonance", {"ensemble": 1}, "ensemble=1 must be an integer >= 2"),
     ("toy.resonance", {"diversity": -1.0}, "diversity=-1.0"),
     ("toy.resonance", {"pool_sampler": "sobolx"}, "sampler='sobolx'"),
+    ("toy.resonance", {"scoring": "dropout"}, "scoring='dropout' must be one of 'ensemble', 'mc_dropout'"),
+    ("toy.resonance", {"scoring": "mc_dropout", "mc_samples": 1}, "mc_samples=1 must be an integer >= 2"),
+    ("toy.resonance", {"scoring": "mc_dropout", "ensemble": 3}, "ensemble=3 is for scoring='ensemble'"),
+    ("toy.resonance", {"scoring": "mc_dropout"},
+     r"scoring='mc_dropout' samples the network's dropout, but its network_kwargs set no dropout: give it some "
+     r"\(\[network.network_kwargs\] dropout = 0.1 for fc\), or use scoring='ensemble'"),
+    ("toy.resonance", {"scoring": "mc_dropout", "network_config": dpx.NetworkConfig(network_kwargs={"dropout": 0.0})},
+     "network_kwargs set dropout=0.0"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, environment, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         learning(tmp_path, environment, **kwargs).prepare()
+    assert not any(tmp_path.iterdir())
+
+
+def never_called(*args, **kwargs):
+    raise AssertionError("the pipeline must refuse this backend before using it")
+
+
+class BackendWithoutDropout:
+    """A network backend that trains and predicts but cannot predict with dropout on (written before MC dropout)."""
+
+    __init__ = train_batch = validation_loss = predict = save = load = parameter_histograms = never_called
+    read_extra = classmethod(never_called)
+
+
+def test_mc_dropout_needs_a_backend_that_predicts_with_dropout_on(tmp_path, dpx_plugin, monkeypatch):
+    module = types.ModuleType("no_dropout_backend")
+    module.BackendWithoutDropout = BackendWithoutDropout
+    exec("import dpx\n@dpx.hookimpl\ndef dpx_network_backends():\n"
+         "    return {'plain': 'no_dropout_backend:BackendWithoutDropout'}\n", module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    dpx_plugin(module, name="plain-backend")
+    network = dpx.NetworkConfig(backend="plain", network_kwargs={"dropout": 0.1})
+    with pytest.raises(ConfigError, match="scoring='mc_dropout' needs a network backend that predicts with dropout on; "
+                                          "backend 'plain' cannot"):
+        learning(tmp_path, scoring="mc_dropout", network_config=network).prepare()
     assert not any(tmp_path.iterdir())

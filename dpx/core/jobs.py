@@ -18,7 +18,9 @@ pipeline's own arguments::
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +95,13 @@ def prepare_job(pipeline: Any, path: str | os.PathLike) -> SetUp:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def describe_session(path: str | os.PathLike) -> dict[str, Any]:
-    """What ``python -m dpx info`` shows, as JSON-friendly data."""
+def describe_session(path: str | os.PathLike, storage: str = "memmap") -> dict[str, Any]:
+    """What ``python -m dpx info`` shows, as JSON-friendly data; ``storage`` is the backend the
+    dataset was written with (``deepphysx`` for a DeepPhysX dataset, with the dpx-deepphysx plugin)."""
     from dpx.core.database import dataset_path, open_database
     from dpx.core.parameters import describe as describe_parameters
     from dpx.core.session import Session
+    from dpx.core.storage import StorageError
 
     path = Path(path)
     if not path.exists():
@@ -113,7 +117,14 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     dataset: dict[str, Any] = {}
     space: list[dict[str, Any]] = []
     if (dataset_dir / "dataset.json").exists() or (dataset_dir / "dataset.json.prev").exists():
-        with open_database(dataset_dir) as database:
+        try:
+            database = open_database(dataset_dir, storage)
+        except StorageError as exc:
+            hint = _deepphysx_hint(dataset_dir, path) if storage == "memmap" else None
+            if hint is None:
+                raise
+            raise StorageError(hint) from exc
+        with database:
             space = database.parameter_space.describe()
             normalization = database.normalization
             for mode in database.modes:
@@ -126,8 +137,35 @@ def describe_session(path: str | os.PathLike) -> dict[str, Any]:
     network_dir = session.path / "network"
     networks = sorted(p.name for p in network_dir.iterdir()) if network_dir.is_dir() else []
     parameters = describe_parameters(dataset_dir) if dataset_dir.is_dir() else {}
-    return {"path": str(session.path), "runs": runs, "dataset": dataset, "parameters": parameters,
+    return {"path": str(session.path), "storage": storage, "runs": runs, "dataset": dataset, "parameters": parameters,
             "parameter_space": space, "networks": networks}
+
+
+def _deepphysx_hint(dataset_dir: Path, path: Path) -> str | None:
+    """When dpx's own storage cannot read ``dataset_dir``: say so if it is a DeepPhysX dataset, whose
+    ``dataset.json`` lists SQLite partitions (``NAME.db`` beside it) by mode."""
+    from dpx.core.storage import INDEX, MAX_INDEX_BYTES, open_file
+
+    try:
+        with open(open_file(dataset_dir, (INDEX,), os.O_RDONLY), "rb") as file:
+            index = json.loads(file.read(MAX_INDEX_BYTES))
+        partitions = index["partitions"]
+        names = [name for names in partitions.values() for name in names]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return None
+
+    def is_partition(name: Any) -> bool:
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(dataset_dir / f"{name}.db").st_mode)
+        except (OSError, ValueError):
+            return False
+
+    if not any(is_partition(name) for name in names):
+        return None
+    return (f"{dataset_dir} holds a DeepPhysX dataset ({INDEX} lists SQLite partitions), not a dpx one: "
+            f"python -m dpx info {path} --storage deepphysx (with the dpx-deepphysx plugin)")
 
 
 def _describe_run(run: dict[str, Any]) -> str:

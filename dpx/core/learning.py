@@ -11,6 +11,12 @@ runner and stores them. The first round simulates a space-filling design
 (``initial_sampler``). It stops when ``max_simulations`` samples are stored or
 ``max_seconds`` have passed.
 
+``scoring="mc_dropout"`` is the cheaper option: one network (with dropout, e.g.
+``fc``'s ``network_kwargs`` ``dropout``) is trained per round, and a candidate's
+score is the spread of ``mc_samples`` predictions made with its dropout on
+(Gal and Ghahramani's Monte Carlo dropout); the network backend provides
+``predict_with_dropout`` (see :mod:`dpx.core.network`).
+
 Everything lives in one session: the dataset (training samples and, when
 ``validation_samples``, a held-out validation set drawn at random, not counted
 in the budget), one training session per member and round under
@@ -42,6 +48,10 @@ from dpx.core.space import PARAMETERS_FIELD, ParameterSpace
 SCORE_CHUNK = 4096
 #: Bytes a candidate costs while a pool is scored: its vector, its unit-cube position, its score.
 CANDIDATE_BYTES = 3 * 8
+#: How a pool is scored: by the disagreement of an ensemble, or by one network's Monte Carlo dropout.
+SCORINGS = ("ensemble", "mc_dropout")
+#: Members trained per round when ``ensemble`` is not given, by scoring.
+DEFAULT_MEMBERS = {"ensemble": 4, "mc_dropout": 1}
 
 
 @dataclass
@@ -54,6 +64,7 @@ class RoundRecord:
     seconds: float
     picked: list[list[float]] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    scoring: str = "ensemble"
 
     def __str__(self) -> str:
         error = "n/a" if self.validation_error is None else f"{self.validation_error:.4g}"
@@ -89,7 +100,10 @@ class ActiveLearning:
     neighbours' scores (0: pure top-k). ``warm_start`` starts each member
     from its previous round's weights. ``epoch_nb`` epochs of ``train_batch_nb``
     batches (None: one pass over the samples) of ``train_batch_size`` samples
-    are each member's training per round.
+    are each member's training per round. ``scoring`` is ``"ensemble"`` (the
+    disagreement of ``ensemble`` networks, 4 by default) or ``"mc_dropout"``
+    (one network with dropout, scored by the spread of ``mc_samples``
+    predictions with its dropout on).
     """
 
     def __init__(
@@ -105,7 +119,9 @@ class ActiveLearning:
         batch_size: int = 16,
         max_simulations: int = 128,
         max_seconds: float | None = None,
-        ensemble: int = 4,
+        ensemble: int | None = None,
+        scoring: str = "ensemble",
+        mc_samples: int = 20,
         pool_size: int = 2048,
         pool_sampler: str = "sobol",
         diversity: float = 1.0,
@@ -118,8 +134,16 @@ class ActiveLearning:
         progress: bool | None = False,
         echo: bool = True,
     ) -> None:
+        if scoring not in SCORINGS:
+            raise ConfigError(f"ActiveLearning: scoring={scoring!r} must be one of {', '.join(map(repr, SCORINGS))}")
+        if scoring == "mc_dropout" and ensemble not in (None, 1):
+            raise ConfigError(f"ActiveLearning: ensemble={ensemble!r} is for scoring='ensemble'; scoring='mc_dropout' "
+                              "trains one network per round: set ensemble = 1 or leave it out")
+        ensemble = DEFAULT_MEMBERS[scoring] if ensemble is None else ensemble
         for name, value, minimum in (("initial_samples", initial_samples, 1), ("batch_size", batch_size, 1),
-                                     ("max_simulations", max_simulations, 1), ("ensemble", ensemble, 2),
+                                     ("max_simulations", max_simulations, 1),
+                                     ("ensemble", ensemble, 2 if scoring == "ensemble" else 1),
+                                     ("mc_samples", mc_samples, 2),
                                      ("pool_size", pool_size, 1), ("validation_samples", validation_samples, 0),
                                      ("epoch_nb", epoch_nb, 1), ("train_batch_size", train_batch_size, 1),
                                      ("train_batch_nb", 1 if train_batch_nb is None else train_batch_nb, 1)):
@@ -140,6 +164,7 @@ class ActiveLearning:
         self.initial_sampler, self.initial_samples = initial_sampler, initial_samples
         self.batch_size, self.max_simulations, self.max_seconds = batch_size, max_simulations, max_seconds
         self.ensemble, self.pool_size, self.pool_sampler = ensemble, pool_size, pool_sampler
+        self.scoring, self.mc_samples = scoring, mc_samples
         self.diversity, self.validation_samples = float(diversity), validation_samples
         self.epoch_nb, self.train_batch_nb, self.train_batch_size = epoch_nb, train_batch_nb, train_batch_size
         self.warm_start = warm_start
@@ -165,15 +190,32 @@ class ActiveLearning:
         if missing:
             raise ConfigError(f"NetworkConfig: target_fields {missing} are not fields of the environment "
                               f"({sorted(setup.fields)})")
-        check_network(self.network_config)
+        backend = check_network(self.network_config)
+        if self.scoring == "mc_dropout":
+            self._check_dropout(backend)
         needed = self.pool_size * (len(space) * 8 + CANDIDATE_BYTES)
         available = available_memory()
         if available is not None and needed > available // 2:
             raise ConfigError(f"ActiveLearning: pool_size={self.pool_size} candidates need about {needed / 2**30:.1f} GiB "
                               f"of memory, more than half the {available / 2**30:.1f} GiB available; lower pool_size")
-        setup.checked.append(f"active learning over {', '.join(space.names)}: {self.ensemble} members, "
+        scoring = (f"{self.ensemble} members" if self.scoring == "ensemble"
+                   else f"MC dropout ({self.mc_samples} passes)")
+        setup.checked.append(f"active learning over {', '.join(space.names)}: {scoring}, "
                              f"pool of {self.pool_size} ({self.pool_sampler}), budget {self.max_simulations} simulations")
         return setup
+
+    def _check_dropout(self, backend: type) -> None:
+        """MC dropout needs a backend that predicts with dropout on, and a network that has some."""
+        if not callable(getattr(backend, "predict_with_dropout", None)):
+            raise ConfigError(f"ActiveLearning: scoring='mc_dropout' needs a network backend that predicts with "
+                              f"dropout on; backend {self.network_config.backend!r} cannot (no predict_with_dropout): "
+                              "use scoring='ensemble'")
+        dropout = self.network_config.network_kwargs.get("dropout")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not dropout > 0:
+            given = "no dropout" if dropout is None else f"dropout={dropout!r}"
+            raise ConfigError(f"ActiveLearning: scoring='mc_dropout' samples the network's dropout, but its "
+                              f"network_kwargs set {given}: give it some ([network.network_kwargs] dropout = 0.1 "
+                              "for fc), or use scoring='ensemble'")
 
     # -- running -----------------------------------------------------------------------
 
@@ -192,8 +234,8 @@ class ActiveLearning:
             "database": as_record(self.database_config),
             "pipeline": {name: getattr(self, name) for name in (
                 "initial_sampler", "initial_samples", "batch_size", "max_simulations", "max_seconds", "ensemble",
-                "pool_size", "pool_sampler", "diversity", "validation_samples", "epoch_nb", "train_batch_nb",
-                "train_batch_size", "warm_start")},
+                "scoring", "mc_samples", "pool_size", "pool_sampler", "diversity", "validation_samples", "epoch_nb",
+                "train_batch_nb", "train_batch_size", "warm_start")},
         }, seed=seed, outcome="started", parameter_space=setup.space.describe(), rounds=[dataclasses.asdict(r) for r in rounds])
         run = _Loop(self, session, database, setup.space, seed, rounds)
         outcome = "completed"
@@ -222,6 +264,7 @@ class _Loop:
         self.runner: Any = None
         self.started = time.perf_counter()
         self.members: list[Path] = []
+        self._backends: list[Any] | None = None
 
     def close(self) -> None:
         try:
@@ -248,7 +291,7 @@ class _Loop:
             number = len(self.rounds)
             self.train(number)
             spent = self.stored("training")
-            record = RoundRecord(number, spent, self.validation_error(), 0.0)
+            record = RoundRecord(number, spent, self.validation_error(), 0.0, scoring=p.scoring)
             remaining = p.max_simulations - spent
             out_of_time = p.max_seconds is not None and time.perf_counter() - self.started >= p.max_seconds
             if remaining > 0 and not out_of_time:
@@ -296,30 +339,51 @@ class _Loop:
                                 seed=sampler_seed(self.seed, 1000 + member), progress=p.progress or False)
             training.execute()
             members.append(training.session_path)
-        self.members = members
+        self.members, self._backends = members, None
 
-    def predictions(self, parameters: np.ndarray) -> np.ndarray:
-        """Every member's predictions of ``parameters``: ``(members, n, outputs)``."""
+    def backends(self) -> list[Any]:
+        """The members trained this round, loaded once."""
         from dpx.core.network import find_trained_network
         from dpx.core.predictor import load_network
 
-        outputs = []
-        for member in self.members:
-            backend, _ = load_network(self.p.network_config, find_trained_network(self.p.network_config, member))
-            predicted = backend.predict({PARAMETERS_FIELD: parameters.astype(self.p.network_config.data_type)})
-            outputs.append(np.concatenate([np.asarray(a).reshape(len(parameters), -1) for a in predicted.values()], axis=1))
-        return np.stack(outputs)
+        if self._backends is None:
+            config = self.p.network_config
+            self._backends = [load_network(config, find_trained_network(config, member))[0] for member in self.members]
+        return self._backends
 
-    def disagreement(self, parameters: np.ndarray) -> np.ndarray:
-        """The ensemble's standard deviation at each vector, averaged over the outputs (chunked: bounded memory)."""
+    def inputs(self, parameters: np.ndarray) -> dict[str, np.ndarray]:
+        return {PARAMETERS_FIELD: parameters.astype(self.p.network_config.data_type)}
+
+    def predictions(self, parameters: np.ndarray) -> np.ndarray:
+        """Every member's predictions of ``parameters``: ``(members, n, outputs)``."""
+        return np.stack([flat_outputs(backend.predict(self.inputs(parameters)), len(parameters))
+                         for backend in self.backends()])
+
+    def dropout_predictions(self, parameters: np.ndarray, seed: int) -> np.ndarray:
+        """``mc_samples`` predictions of ``parameters`` with the network's dropout on: ``(mc_samples, n, outputs)``."""
+        (backend,) = self.backends()
+        predicted = backend.predict_with_dropout(self.inputs(parameters), self.p.mc_samples, seed=seed)
+        return flat_outputs(predicted, len(parameters), self.p.mc_samples)
+
+    def disagreement(self, parameters: np.ndarray, number: int) -> np.ndarray:
+        """The spread (standard deviation) of the ensemble's, or of the dropout passes', predictions at each
+        vector, averaged over the outputs; chunked, so memory stays bounded whatever the pool."""
         scores = np.empty(len(parameters))
-        for start in range(0, len(parameters), SCORE_CHUNK):
-            chunk = self.predictions(parameters[start:start + SCORE_CHUNK])
-            scores[start:start + SCORE_CHUNK] = chunk.std(axis=0).mean(axis=1)
+        mc_dropout = self.p.scoring == "mc_dropout"
+        size = max(1, SCORE_CHUNK // self.p.mc_samples) if mc_dropout else SCORE_CHUNK
+        round_seed = sampler_seed(self.seed, 20_000 + number)
+        for start in range(0, len(parameters), size):
+            chunk = parameters[start:start + size]
+            if mc_dropout:
+                spread = self.dropout_predictions(chunk, sampler_seed(round_seed, start))
+            else:
+                spread = self.predictions(chunk)
+            scores[start:start + size] = spread.std(axis=0).mean(axis=1)
         return scores
 
     def validation_error(self) -> float | None:
-        """The root mean square error of the ensemble's mean on the held-out validation samples."""
+        """The root mean square error of the ensemble's mean (MC dropout: of the network, dropout off) on the
+        held-out validation samples."""
         if not self.stored("validation"):
             return None
         data = self.database.read("validation", [PARAMETERS_FIELD, *self.p.network_config.target_fields])
@@ -330,15 +394,22 @@ class _Loop:
     # -- picking --------------------------------------------------------------------------
 
     def pick(self, number: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """``count`` vectors of a fresh pool, by disagreement damped near those already picked."""
+        """``count`` vectors of a fresh pool, by score damped near those already picked."""
         p = self.p
         pool_sampler = build_sampler("ActiveLearning", p.pool_sampler, self.space,
                                      sampler_seed(self.seed, 10_000 + number), p.pool_size)
         pool = ask_checked(pool_sampler, p.pool_sampler, self.space, p.pool_size)
-        scores = self.disagreement(pool)
+        scores = self.disagreement(pool, number)
         pool_sampler.tell(pool, scores)
         chosen = pick_diverse(self.space.to_unit(pool), scores, count, p.diversity)
         return pool[chosen], scores[chosen]
+
+
+def flat_outputs(predicted: dict[str, np.ndarray], count: int, passes: int | None = None) -> np.ndarray:
+    """A backend's predictions of ``count`` vectors, every target field flattened side by side:
+    ``(count, outputs)``, or ``(passes, count, outputs)`` for stacked dropout passes."""
+    lead = (count,) if passes is None else (passes, count)
+    return np.concatenate([np.asarray(a).reshape(*lead, -1) for a in predicted.values()], axis=-1)
 
 
 def pick_diverse(unit: np.ndarray, scores: np.ndarray, count: int, diversity: float) -> np.ndarray:

@@ -17,6 +17,10 @@ hook) through this small interface, with NumPy arrays on both sides:
 ``validation_loss(batch) -> float``
 ``predict(inputs) -> {target field: array}``
     Inputs are a batch of the input fields; outputs are de-normalised.
+``predict_with_dropout(inputs, passes, seed=None) -> {target field: array}`` (optional)
+    ``passes`` predictions of each input with the network's dropout on, stacked
+    on a first axis; active learning's ``scoring="mc_dropout"`` needs it. A
+    network without dropout raises :class:`ConfigError` saying how to add some.
 ``save(path, extra)`` / ``load(path, training) -> extra``
     A checkpoint: weights, optimiser state and the JSON-able ``extra`` the
     pipeline keeps (epoch, RNG states, normalisation). Loading never runs

@@ -20,3 +20,13 @@ def dpx_storage_backends() -> dict[str, dpx.Component]:
             "DeepPhysX 22.12 datasets (SQLite rows of pickled arrays), read-only, no code run from them",
         ),
     }
+
+
+@dpx.hookimpl
+def dpx_importers() -> dict[str, dpx.Component]:
+    return {
+        "deepphysx": dpx.Component(
+            "dpx_deepphysx.importer:DeepPhysXImporter",
+            "DeepPhysX 22.12 sessions: dataset, info.txt facts, FC networks, curves (`dpx import deepphysx PATH`)",
+        ),
+    }

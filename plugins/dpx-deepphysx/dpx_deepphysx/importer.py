@@ -67,6 +67,14 @@ class ImportReport:
         return "\n".join(lines)
 
 
+class DeepPhysXImporter:
+    """``python -m dpx import deepphysx PATH``: the ``dpx_importers`` component of this plugin."""
+
+    def import_session(self, path: str | os.PathLike, out: str | os.PathLike | None = None,
+                       dataset: str | os.PathLike | None = None) -> ImportReport:
+        return import_session(path, out=out, dataset=dataset)
+
+
 @dataclass
 class _Network:
     """A DeepPhysX network ready to be saved the dpx way."""

@@ -198,3 +198,4 @@ def test_the_plugin_module_is_light_and_registers_the_backend():
     dpx.testing.assert_light_import("dpx_deepphysx", heavy=["torch", "sqlite3", "dpx_deepphysx.storage"])
     info = Plugins(strict=True).plugins["deepphysx"]
     assert info.status == "ok" and set(info.provides["storage_backends"]) == {"deepphysx"}
+    assert set(info.provides["importers"]) == {"deepphysx"}
