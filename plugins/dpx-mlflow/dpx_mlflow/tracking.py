@@ -7,7 +7,9 @@ process, never mix their runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -21,6 +23,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.entities import Metric, Param, RunStatus  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+log = logging.getLogger("dpx.mlflow")
 
 #: Parameters and metrics per request (MLflow's own limits are 100 and 1000).
 BATCH = 100
@@ -68,6 +72,20 @@ def start(run: Any) -> None:
         client.log_batch(tracked.run_id, params=params[first : first + BATCH])
 
 
+@contextlib.contextmanager
+def tolerated(run: Any, what: str):
+    """Past its start, a run outlives its tracking: a store that fails (a server gone, a full disk)
+    costs the MLflow record, with a warning, never the training it records."""
+    try:
+        yield
+    except Exception as exc:  # MLflow's stores raise more than MlflowException (the file store: plain Exception)
+        tracked: Tracked | None = run.state.pop("mlflow", None)
+        if tracked is not None:
+            reason = (str(exc).splitlines() or [""])[0][:300]
+            log.warning("dpx-mlflow: could not %s in %s (%s: %s); this run goes on without MLflow tracking",
+                        what, tracked.tracking_uri, type(exc).__name__, reason)
+
+
 def log_epoch(run: Any, epoch: int, metrics: dict[str, float | None]) -> None:
     tracked: Tracked | None = run.state.get("mlflow")
     if tracked is None:
@@ -76,7 +94,8 @@ def log_epoch(run: Any, epoch: int, metrics: dict[str, float | None]) -> None:
     values = [Metric(key, float(value), now, epoch) for key, value in metrics.items()
               if value is not None and math.isfinite(value)]
     if values:
-        tracked.client.log_batch(tracked.run_id, metrics=values)
+        with tolerated(run, f"log epoch {epoch}'s metrics"):
+            tracked.client.log_batch(tracked.run_id, metrics=values)
 
 
 def note_checkpoint(run: Any, path: Path, best: bool) -> None:
@@ -90,9 +109,15 @@ def note_checkpoint(run: Any, path: Path, best: bool) -> None:
 
 def end(run: Any, outcome: str, summary: Any) -> None:
     """Attach ``session.json`` and the best network (else the last), then close the MLflow run."""
-    tracked: Tracked | None = run.state.pop("mlflow", None)
+    tracked: Tracked | None = run.state.get("mlflow")
     if tracked is None:
         return
+    with tolerated(run, "close the run"):
+        _close(tracked, run, outcome, summary)
+    run.state.pop("mlflow", None)
+
+
+def _close(tracked: Tracked, run: Any, outcome: str, summary: Any) -> None:
     client = tracked.client
     try:
         record = run.session_path / "session.json"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -116,6 +118,28 @@ def test_a_failed_run_is_a_failed_mlflow_run_saying_why(tmp_path, mlflow_joins):
     _, run = mlflow_run((tmp_path / "mlruns").as_uri(), training.session_path)
     assert run.info.status == "FAILED"
     assert run.data.tags["dpx.outcome"] == "failed: RuntimeError: the plugin broke"
+
+
+def test_a_tracking_store_lost_mid_run_costs_the_record_not_the_training(tmp_path, mlflow_joins, caplog):
+    dataset = generate(tmp_path)
+    network = dpx.NetworkConfig("fc", network_kwargs={"hidden": [16]}, lr=1e-2)
+
+    class LosesTheStore:
+        @dpx.hookimpl(tryfirst=True)
+        def dpx_epoch_end(self, epoch):
+            if epoch == 0:  # the store goes away under the run, as a server or a disk would
+                shutil.rmtree(tmp_path / "mlruns")
+
+    dpx.plugins.get_plugins().register(LosesTheStore(), name="loses_the_store")
+    with caplog.at_level(logging.WARNING, logger="dpx.mlflow"):
+        summary = dpx.Training(network, dpx.DatabaseConfig(existing_dir=str(dataset)), session_dir=str(tmp_path),
+                               session_name="net", epoch_nb=3, batch_size=32, progress=False).execute()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dpx.mlflow"]
+    assert len(warnings) == 1 and "could not log epoch 0's metrics" in warnings[0], warnings
+    assert "this run goes on without MLflow tracking" in warnings[0]
+    assert summary.epochs == 3
+    assert len(read_csv_curves(summary.session_path / "stats")["loss/epoch"]) == 3
+    assert json.loads((summary.session_path / "session.json").read_text())["runs"][-1]["outcome"] == "completed"
 
 
 def test_listing_plugins_imports_no_mlflow():
